@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Builds the local cluster's binaries from Go modules, once per machine.
+#
+# Output: a directory under ${TURNPIKE_CACHE:-~/.cache/turnpike} keyed by a hash
+# of the pinned versions, the Go module files and the Go toolchain, so every
+# clone on this machine shares one build. Prints the directory on stdout; progress
+# goes to stderr. A second call with the same inputs returns at once.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "$here/versions.env"
+
+cache_root="${TURNPIKE_CACHE:-$HOME/.cache/turnpike}"
+key="$( { cat "$here/versions.env" "$here/cluster/go.mod" "$here/cluster/go.sum" "$here"/cluster/*.go "$here/build-cluster.sh"; go version; } | sha256sum | cut -c1-16)"
+out="$cache_root/cluster-${KUBE_VERSION}-${key}"
+
+if [[ -x "$out/bin/k8s-multi" && -f "$out/.complete" ]]; then
+  echo "$out"
+  exit 0
+fi
+
+mkdir -p "$cache_root"
+exec 9>"$cache_root/.build.lock"
+echo "turnpike: waiting for the build lock ($cache_root/.build.lock)" >&2
+flock 9
+if [[ -f "$out/.complete" ]]; then echo "$out"; exit 0; fi
+
+log() { printf '[build-cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+start=$(date +%s)
+tmp="$(mktemp -d "$cache_root/.build-XXXXXX")"
+trap 'rm -rf "$tmp"' EXIT
+mkdir -p "$tmp/bin"
+
+# go build -v names each package as it compiles: turn that into a counter.
+progress() {
+  local total=$1 n=0 line
+  while IFS= read -r line; do
+    case "$line" in
+      *" "*|"#"*) printf '%s\n' "$line" >&2 ;;  # errors and warnings pass through
+      *) n=$((n + 1))
+         if (( n % 100 == 0 )); then log "compiled $n / ~$total packages ($(( $(date +%s) - start ))s)"; fi ;;
+    esac
+  done
+}
+
+cd "$here/cluster"
+log "downloading modules (Kubernetes $KUBE_VERSION, etcd $ETCD_VERSION, kwok $KWOK_VERSION)"
+go mod download
+total=$(go list -deps . | wc -l)
+kv="k8s.io/component-base/version"
+cv="k8s.io/client-go/pkg/version"
+minor="${KUBE_VERSION#v1.}"; minor="${minor%%.*}"
+ldflags="-s -w"
+for pkg in "$kv" "$cv"; do
+  ldflags+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+  ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+done
+ldflags+=" -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}"
+log "compiling the control plane: ~$total packages, tens of minutes on 2 cores the first time"
+set -o pipefail
+go build -v -trimpath -ldflags "$ldflags" -o "$tmp/bin/k8s-multi" . 2>&1 | progress "$total"
+for name in kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok; do
+  ln -s k8s-multi "$tmp/bin/$name"
+done
+
+# kwok's Stage files (how fake nodes and pods move through their lifecycle).
+kwok_dir="$(go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)"
+mkdir -p "$tmp/kwok-stages"
+cp -r "$kwok_dir/kustomize/stage/." "$tmp/kwok-stages/"
+chmod -R u+w "$tmp/kwok-stages"
+
+# helm and kubeconform have their own dependency graphs (helm follows a newer
+# Kubernetes minor), so they build from their own go.mod files.
+log "compiling helm $HELM_VERSION"
+GOBIN="$tmp/bin" go install -trimpath \
+  -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+  "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+log "compiling kubeconform $KUBECONFORM_VERSION"
+GOBIN="$tmp/bin" go install -trimpath -ldflags "-s -w" \
+  "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION"
+
+elapsed=$(( $(date +%s) - start ))
+echo "$elapsed" > "$tmp/build-seconds"
+touch "$tmp/.complete"
+rm -rf "$out"
+mv "$tmp" "$out"
+trap - EXIT
+log "done in ${elapsed}s: $out"
+echo "$out"

@@ -1,0 +1,638 @@
+"""The local test cluster: a real Kubernetes control plane with fake GPU nodes.
+
+etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok run as
+plain processes on free 127.0.0.1 ports; kwok plays the kubelets of nodes that
+look the way GPU Feature Discovery and the NVIDIA device plugin present them.
+Every address handed out (node IPs, pod IPs, the service range, the advertise
+address) is in 127.0.0.0/8, so nothing here ever dials a private or public host.
+
+    python hack/localcluster.py up          # build (cached) and start, or reuse
+    python hack/localcluster.py down        # stop every process, remove state
+    python hack/localcluster.py kubeconfig  # print the kubeconfig path
+    python hack/localcluster.py status
+
+State lives in ``.state/cluster`` of the checkout (TURNPIKE_CLUSTER_DIR
+overrides it); the compiled binaries live in the machine-wide build cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+HACK = REPO / "hack"
+STATE_DIR = Path(os.environ.get("TURNPIKE_CLUSTER_DIR", REPO / ".state" / "cluster"))
+SHAPE_FILE = Path(os.environ.get("TURNPIKE_CLUSTER_SHAPE", HACK / "cluster-shape.yaml"))
+
+# Loopback ranges for everything the cluster hands out.
+SERVICE_CIDR = "127.96.0.0/16"
+DEFAULT_POD_CIDR = "127.64.255.0/24"
+GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+FAKE_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+
+
+def log(message: str) -> None:
+    print(f"[localcluster {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    kubeconfig: Path
+    # None when the cluster is the user's own (KUBECONFIG), not one started here.
+    bin_dir: Path | None
+
+    def kubectl(self) -> str:
+        if self.bin_dir is not None:
+            return str(self.bin_dir / "kubectl")
+        found = shutil.which("kubectl")
+        if found is None:
+            raise RuntimeError("KUBECONFIG points at a cluster but kubectl is not on PATH")
+        return found
+
+
+# ---------------------------------------------------------------- build
+
+
+def build() -> Path:
+    """Compile (or find cached) binaries; returns the cache directory."""
+    result = subprocess.run(
+        [str(HACK / "build-cluster.sh")], stdout=subprocess.PIPE, text=True, check=True
+    )
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(
+    what: str, check: Callable[[], bool], timeout: float, proc_names: tuple[str, ...] = ()
+) -> None:
+    """Poll until check() holds; fail early with the log tail if a process died."""
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while time.monotonic() < deadline:
+        if check():
+            return
+        for name in proc_names:
+            pid = _read_state().get("pids", {}).get(name)
+            if pid is not None and not _alive(pid):
+                raise RuntimeError(f"{name} exited while waiting for {what}:\n{_log_tail(name)}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def _log_tail(name: str, lines: int = 30) -> str:
+    path = STATE_DIR / "logs" / f"{name}.log"
+    if not path.exists():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is dead for our purposes.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _ours(pid: int) -> bool:
+    """True when pid still runs one of our components (pids are recycled)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    return str(STATE_DIR) in cmdline
+
+
+def _read_state() -> dict[str, Any]:
+    path = STATE_DIR / "state.json"
+    if not path.exists():
+        return {}
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+    except json.JSONDecodeError:
+        return {}
+
+
+def _write_state(state: dict[str, Any]) -> None:
+    tmp = STATE_DIR / "state.json.tmp"
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(STATE_DIR / "state.json")
+
+
+def _run(*args: str, cwd: Path | None = None, stdin: str | None = None) -> str:
+    result = subprocess.run(
+        list(args), cwd=cwd, input=stdin, capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def _http_ok(url: str, token: str | None = None, ca: Path | None = None) -> bool:
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    context = ssl.create_default_context(cafile=str(ca)) if ca else None
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+    )
+    try:
+        with opener.open(request, timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+# ---------------------------------------------------------------- certificates
+
+
+def _make_pki(pki: Path) -> None:
+    """A private CA, the apiserver's serving certificate and the SA signing key."""
+    pki.mkdir(parents=True, exist_ok=True)
+    ossl = shutil.which("openssl") or "openssl"
+    _run(
+        ossl,
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "3650",
+        "-subj",
+        "/CN=turnpike-local-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        cwd=pki,
+    )
+    _run(
+        ossl,
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "3650",
+        "-subj",
+        "/CN=kube-apiserver",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-addext",
+        "subjectAltName=IP:127.0.0.1,IP:127.96.0.1,DNS:localhost,"
+        "DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc",
+        "-keyout",
+        "apiserver.key",
+        "-out",
+        "apiserver.crt",
+        cwd=pki,
+    )
+    _run(ossl, "genrsa", "-out", "sa.key", "2048", cwd=pki)
+    _run(ossl, "rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
+
+
+def _write_kubeconfig(path: Path, server: str, ca: Path, token: str) -> None:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "turnpike-local",
+                "cluster": {
+                    "server": server,
+                    "certificate-authority-data": base64.b64encode(ca.read_bytes()).decode(),
+                },
+            }
+        ],
+        "users": [{"name": "turnpike-admin", "user": {"token": token}}],
+        "contexts": [
+            {
+                "name": "turnpike-local",
+                "context": {"cluster": "turnpike-local", "user": "turnpike-admin"},
+            }
+        ],
+        "current-context": "turnpike-local",
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.chmod(0o600)
+
+
+# ---------------------------------------------------------------- nodes
+
+
+def node_manifests(shape: dict[str, Any]) -> list[dict[str, Any]]:
+    """Fake nodes as GFD and the device plugin would present them."""
+    nodes: list[dict[str, Any]] = []
+    index = 0
+    for pool in shape["pools"]:
+        for n in range(int(pool["count"])):
+            index += 1
+            name = f"{pool['name']}-{n}"
+            gpus = int(pool.get("gpus", 0))
+            labels = {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "type": "kwok",
+                "turnpike.dev/pool": str(pool["name"]),
+                "node.kubernetes.io/instance-type": f"fake-{pool['name']}",
+                **{str(k): str(v) for k, v in pool.get("labels", {}).items()},
+            }
+            capacity = {"cpu": str(pool["cpu"]), "memory": str(pool["memory"]), "pods": "110"}
+            taints: list[dict[str, str]] = []
+            if gpus:
+                labels.update(
+                    {
+                        "nvidia.com/gpu.present": "true",
+                        "nvidia.com/gpu.product": str(pool["product"]),
+                        "nvidia.com/gpu.count": str(gpus),
+                        "nvidia.com/gpu.memory": str(pool.get("memoryMiB", 0)),
+                        "nvidia.com/gpu.family": str(pool.get("family", "")),
+                    }
+                )
+                capacity["nvidia.com/gpu"] = str(gpus)
+                taints.append(dict(GPU_TAINT))
+            nodes.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Node",
+                    "metadata": {
+                        "name": name,
+                        "labels": labels,
+                        "annotations": {FAKE_NODE_ANNOTATION[0]: FAKE_NODE_ANNOTATION[1]},
+                    },
+                    "spec": {"podCIDR": f"127.64.{index}.0/24", "taints": taints},
+                    "status": {
+                        "capacity": capacity,
+                        "allocatable": capacity,
+                        "addresses": [
+                            {"type": "InternalIP", "address": f"127.0.1.{index}"},
+                            {"type": "Hostname", "address": name},
+                        ],
+                    },
+                }
+            )
+    return nodes
+
+
+def load_shape() -> dict[str, Any]:
+    shape: dict[str, Any] = yaml.safe_load(SHAPE_FILE.read_text())
+    if not isinstance(shape, dict) or not isinstance(shape.get("pools"), list):
+        raise ValueError(f"{SHAPE_FILE}: expected a mapping with a 'pools' list")
+    return shape
+
+
+# ---------------------------------------------------------------- lifecycle
+
+
+def _start(name: str, argv: list[str], state: dict[str, Any]) -> None:
+    logs = STATE_DIR / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / f"{name}.log", "ab") as out:
+        proc = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={
+                **os.environ,
+                "NO_PROXY": "127.0.0.1,localhost",
+                "no_proxy": "127.0.0.1,localhost",
+            },
+        )
+    state.setdefault("pids", {})[name] = proc.pid
+    _write_state(state)
+
+
+def running() -> Cluster | None:
+    """The cluster of this checkout when every component is up and the API answers."""
+    state = _read_state()
+    pids = state.get("pids", {})
+    if set(pids) != set(COMPONENTS) or not all(_alive(p) and _ours(p) for p in pids.values()):
+        return None
+    kubeconfig = STATE_DIR / "kubeconfig"
+    url = f"https://127.0.0.1:{state['ports']['apiserver']}/readyz"
+    if not _http_ok(url, state["token"], STATE_DIR / "pki" / "ca.crt"):
+        return None
+    return Cluster(kubeconfig=kubeconfig, bin_dir=Path(state["bin"]))
+
+
+def up() -> Cluster:
+    started = time.monotonic()
+    existing = running()
+    if existing is not None:
+        apply_nodes(existing)
+        log(f"reusing the running cluster ({time.monotonic() - started:.1f}s)")
+        return existing
+    if _read_state():
+        log("found a partial cluster; stopping it first")
+        down()
+
+    cache = build()
+    bin_dir = cache / "bin"
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    pki = STATE_DIR / "pki"
+    _make_pki(pki)
+    token = secrets.token_hex(24)
+    (STATE_DIR / "tokens.csv").write_text(f"{token},turnpike-admin,turnpike-admin,system:masters\n")
+    ports = {
+        "etcd": free_port(),
+        "etcd_peer": free_port(),
+        "apiserver": free_port(),
+        "controller_manager": free_port(),
+        "scheduler": free_port(),
+        "kwok": free_port(),
+    }
+    state: dict[str, Any] = {"bin": str(bin_dir), "ports": ports, "token": token, "pids": {}}
+    _write_state(state)
+    kubeconfig = STATE_DIR / "kubeconfig"
+    server = f"https://127.0.0.1:{ports['apiserver']}"
+    _write_kubeconfig(kubeconfig, server, pki / "ca.crt", token)
+
+    etcd_url = f"http://127.0.0.1:{ports['etcd']}"
+    peer_url = f"http://127.0.0.1:{ports['etcd_peer']}"
+    log("starting etcd")
+    _start(
+        "etcd",
+        [
+            str(bin_dir / "etcd"),
+            "--name=turnpike",
+            f"--data-dir={STATE_DIR / 'etcd'}",
+            f"--listen-client-urls={etcd_url}",
+            f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls={peer_url}",
+            f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=turnpike={peer_url}",
+            "--unsafe-no-fsync=true",
+            "--log-level=warn",
+        ],
+        state,
+    )
+    wait_for("etcd", lambda: _http_ok(f"{etcd_url}/health"), 30, ("etcd",))
+
+    log("starting kube-apiserver")
+    _start(
+        "kube-apiserver",
+        [
+            str(bin_dir / "kube-apiserver"),
+            f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={ports['apiserver']}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            # Endpoints refuse loopback addresses, so the apiserver's own endpoint is not published.
+            "--endpoint-reconciler-type=none",
+            f"--cert-dir={pki}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            f"--token-auth-file={STATE_DIR / 'tokens.csv'}",
+            f"--service-account-issuer={server}",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            "--authorization-mode=RBAC",
+            "--enable-admission-plugins=NamespaceLifecycle,LimitRanger,ServiceAccount,"
+            "DefaultTolerationSeconds,Priority,PodSecurity,ResourceQuota,"
+            "MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ValidatingAdmissionPolicy",
+            "--allow-privileged=true",
+            "--profiling=false",
+            "--event-ttl=1h",
+        ],
+        state,
+    )
+    wait_for(
+        "kube-apiserver /readyz",
+        lambda: _http_ok(f"{server}/readyz", token, pki / "ca.crt"),
+        120,
+        ("etcd", "kube-apiserver"),
+    )
+
+    log("starting kube-controller-manager, kube-scheduler and kwok")
+    _start(
+        "kube-controller-manager",
+        [
+            str(bin_dir / "kube-controller-manager"),
+            f"--kubeconfig={kubeconfig}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={ports['controller_manager']}",
+            "--leader-elect=false",
+            f"--service-account-private-key-file={pki / 'sa.key'}",
+            f"--root-ca-file={pki / 'ca.crt'}",
+            "--use-service-account-credentials=false",
+            "--controllers=*,-nodeipam",
+            "--profiling=false",
+        ],
+        state,
+    )
+    _start(
+        "kube-scheduler",
+        [
+            str(bin_dir / "kube-scheduler"),
+            f"--kubeconfig={kubeconfig}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={ports['scheduler']}",
+            "--leader-elect=false",
+            "--profiling=false",
+        ],
+        state,
+    )
+    stages = cache / "kwok-stages"
+    stage_files = [
+        stages / "node" / "fast" / "node-initialize.yaml",
+        stages / "node" / "heartbeat-with-lease" / "node-heartbeat-with-lease.yaml",
+        stages / "pod" / "fast" / "pod-ready.yaml",
+        stages / "pod" / "fast" / "pod-complete.yaml",
+        stages / "pod" / "fast" / "pod-delete.yaml",
+    ]
+    kwok_config = STATE_DIR / "kwok.yaml"
+    kwok_config.write_text("\n---\n".join(p.read_text() for p in stage_files))
+    _start(
+        "kwok",
+        [
+            str(bin_dir / "kwok"),
+            f"--kubeconfig={kubeconfig}",
+            f"--config={kwok_config}",
+            "--manage-all-nodes=false",
+            f"--manage-nodes-with-annotation-selector={'='.join(FAKE_NODE_ANNOTATION)}",
+            f"--cidr={DEFAULT_POD_CIDR}",
+            "--node-ip=127.0.1.254",
+            f"--server-address=127.0.0.1:{ports['kwok']}",
+            "--node-lease-duration-seconds=40",
+        ],
+        state,
+    )
+    cluster = Cluster(kubeconfig=kubeconfig, bin_dir=bin_dir)
+    apply_nodes(cluster)
+    kubectl = cluster.kubectl()
+    wait_for(
+        "the default ServiceAccount",
+        lambda: (
+            subprocess.run(
+                [
+                    kubectl,
+                    f"--kubeconfig={kubeconfig}",
+                    "get",
+                    "serviceaccount",
+                    "default",
+                    "-n",
+                    "default",
+                ],
+                capture_output=True,
+                check=False,
+            ).returncode
+            == 0
+        ),
+        60,
+        COMPONENTS,
+    )
+    log(f"cluster up in {time.monotonic() - started:.1f}s; KUBECONFIG={kubeconfig}")
+    return cluster
+
+
+def apply_nodes(cluster: Cluster) -> None:
+    """Create the fake nodes (idempotent) and wait until kwok reports them Ready."""
+    nodes = node_manifests(load_shape())
+    kubectl = cluster.kubectl()
+    kc = f"--kubeconfig={cluster.kubeconfig}"
+    existing = set(_run(kubectl, kc, "get", "nodes", "-o", "name").split())
+    missing = [n for n in nodes if f"node/{n['metadata']['name']}" not in existing]
+    if missing:
+        # create, not apply: a Node's status is only accepted on create.
+        _run(
+            kubectl,
+            kc,
+            "create",
+            "-f",
+            "-",
+            stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": missing}),
+        )
+    names = [n["metadata"]["name"] for n in nodes]
+    wait_for(
+        f"{len(names)} nodes Ready",
+        lambda: (
+            subprocess.run(
+                [
+                    kubectl,
+                    kc,
+                    "wait",
+                    "--for=condition=Ready",
+                    "--timeout=2s",
+                    *(f"node/{n}" for n in names),
+                ],
+                capture_output=True,
+                check=False,
+            ).returncode
+            == 0
+        ),
+        60,
+        COMPONENTS if cluster.bin_dir else (),
+    )
+
+
+def down() -> None:
+    """Stop every process this checkout's cluster started and remove its state."""
+    state = _read_state()
+    pids: dict[str, int] = state.get("pids", {})
+    ours = {name: pid for name, pid in pids.items() if _alive(pid) and _ours(pid)}
+    for name in reversed(COMPONENTS):
+        pid = ours.get(name)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_alive(p) for p in ours.values()):
+        time.sleep(0.1)
+    for pid in ours.values():
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+    shutil.rmtree(STATE_DIR, ignore_errors=True)
+    if ours:
+        log(f"stopped {', '.join(sorted(ours))}")
+
+
+def ensure() -> Cluster:
+    """The cluster tests and tools should use: the user's KUBECONFIG wins."""
+    user = os.environ.get("KUBECONFIG")
+    if user and Path(user).exists() and os.environ.get("TURNPIKE_LOCAL_CLUSTER") != "1":
+        return Cluster(kubeconfig=Path(user), bin_dir=None)
+    return up()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["up", "down", "kubeconfig", "status", "build"])
+    args = parser.parse_args(argv)
+    if args.command == "up":
+        up()
+        print(STATE_DIR / "kubeconfig")
+    elif args.command == "down":
+        down()
+    elif args.command == "build":
+        print(build())
+    elif args.command == "kubeconfig":
+        cluster = running()
+        if cluster is None:
+            print("no local cluster is running; run `make cluster-up`", file=sys.stderr)
+            return 1
+        print(cluster.kubeconfig)
+    elif args.command == "status":
+        cluster = running()
+        state = _read_state()
+        print(
+            json.dumps(
+                {
+                    "running": cluster is not None,
+                    **{k: state.get(k) for k in ("ports", "pids", "bin")},
+                },
+                indent=2,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

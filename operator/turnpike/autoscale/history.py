@@ -1,0 +1,197 @@
+"""The autoscaler's memory of recent samples, small enough to live in status.
+
+The scale-down rule needs the whole stabilization window, so an operator
+restart or a leader change must not forget it: a fresh leader that had to
+rebuild the window would either wait another full window (slow) or decide on
+one sample (flapping). The history is therefore plain data that round-trips
+exactly through a JSON dict; the policy rounds values and keeps times as
+integer milliseconds *before* deciding, so a decision made on a restored
+history equals the one the old leader would have made.
+
+Pure code: no clock. ``now`` is always passed in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+ENCODING_VERSION = 1
+# Entries kept at most. At ~25 bytes each this stays under ~5 KiB of status.
+MAX_ENTRIES = 200
+# Value precision kept (decimal places); queue depths are integers anyway.
+VALUE_DIGITS = 3
+
+
+class HistoryError(ValueError):
+    """A stored history does not decode."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One observation: when (ms since the epoch), the metric, ready replicas."""
+
+    t_ms: int
+    value: float
+    ready: int
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """Samples oldest first, plus when the current unbroken run of them began.
+
+    ``since_ms`` is what lets the policy tell "below target for the whole
+    window" from "below target in the few samples we happen to have": it
+    resets whenever samples stop arriving for longer than the staleness limit
+    (missing, stale or partial metrics), because nobody knows what the queue
+    did during the gap.
+    """
+
+    metric: str = "queueDepth"
+    since_ms: int | None = None
+    samples: tuple[Sample, ...] = ()
+
+    @classmethod
+    def empty(cls, metric: str) -> History:
+        return cls(metric=metric)
+
+    def record(self, sample: Sample, *, max_gap_ms: int) -> History:
+        """Append a sample; a re-sent or older one is ignored.
+
+        Ignoring repeats keeps a decision idempotent when the controller runs
+        twice on the same scrape (a reconcile triggered by something else).
+        """
+        if self.samples and sample.t_ms <= self.samples[-1].t_ms:
+            return self
+        since = self.since_ms
+        if not self.samples or since is None or sample.t_ms - self.samples[-1].t_ms > max_gap_ms:
+            since = sample.t_ms
+        return History(self.metric, since, (*self.samples, sample))
+
+    def trimmed(self, *, now_ms: int, keep_ms: int, panic_ms: int) -> History:
+        """Drop samples older than the longest window, then bound the length.
+
+        When windows are long relative to the scrape interval, samples older
+        than the panic window are merged into fixed time buckets keeping the
+        maximum value and the latest time of each bucket. Both choices err
+        towards keeping replicas: a peak stays visible until its whole bucket
+        has left the stabilization window. The panic window, which scale-up
+        averages over, stays at full resolution unless it alone exceeds the
+        bound (a panic window of minutes at 1 s scrapes).
+        """
+        kept = tuple(s for s in self.samples if s.t_ms >= now_ms - keep_ms)
+        if len(kept) > MAX_ENTRIES:
+            cutoff = now_ms - panic_ms
+            old = [s for s in kept if s.t_ms < cutoff]
+            recent = [s for s in kept if s.t_ms >= cutoff]
+            width = max(1, math.ceil(keep_ms / (MAX_ENTRIES // 2)))
+            merged = [*_merge(old, width), *recent]
+            while len(merged) > MAX_ENTRIES:
+                width *= 2
+                merged = _merge(merged, width)
+            kept = tuple(merged)
+        since = self.since_ms if kept else None
+        return History(self.metric, since, kept)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Compact JSON-ready form: times as ms offsets from the first sample.
+
+        ``{"v": 1, "metric": "queueDepth", "t0": <ms>, "since": <ms>,
+        "samples": [[dt_ms, value, ready], ...]}``
+        """
+        out: dict[str, Any] = {"v": ENCODING_VERSION, "metric": self.metric}
+        if not self.samples:
+            out["samples"] = []
+            return out
+        t0 = self.samples[0].t_ms
+        out["t0"] = t0
+        if self.since_ms is not None:
+            out["since"] = self.since_ms
+        out["samples"] = [[s.t_ms - t0, s.value, s.ready] for s in self.samples]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> History:
+        """Decode :meth:`to_dict` output; raises HistoryError on anything else."""
+        try:
+            if data.get("v") != ENCODING_VERSION:
+                raise HistoryError(f"unknown history encoding {data.get('v')!r}")
+            metric = data["metric"]
+            if not isinstance(metric, str):
+                raise HistoryError("metric must be a string")
+            raw = data.get("samples", [])
+            if not isinstance(raw, list) or len(raw) > MAX_ENTRIES:
+                raise HistoryError("samples must be a list of at most 200 entries")
+            if not raw:
+                return cls(metric=metric)
+            t0 = _int(data["t0"])
+            since = _int(data["since"]) if data.get("since") is not None else None
+            samples: list[Sample] = []
+            for entry in raw:
+                if not isinstance(entry, list | tuple) or len(entry) != 3:
+                    raise HistoryError(f"sample {entry!r} is not [dt_ms, value, ready]")
+                value = _number(entry[1])
+                ready = _int(entry[2])
+                if value < 0 or ready < 0:
+                    raise HistoryError(f"sample {entry!r} has a negative field")
+                sample = Sample(t0 + _int(entry[0]), value, ready)
+                if samples and sample.t_ms <= samples[-1].t_ms:
+                    raise HistoryError("sample times must increase")
+                samples.append(sample)
+            return cls(metric=metric, since_ms=since, samples=tuple(samples))
+        except HistoryError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise HistoryError(f"malformed history: {exc!r}") from exc
+
+    @classmethod
+    def restore(cls, data: object, metric: str) -> History:
+        """Best-effort decode for a controller: anything unusable starts afresh.
+
+        A hand-edited or foreign status must not crash reconciliation, and a
+        history recorded for another metric measures something else. Starting
+        empty is safe: scale-down then waits a full window.
+        """
+        if not isinstance(data, Mapping):
+            return cls.empty(metric)
+        try:
+            history = cls.from_dict(data)
+        except HistoryError:
+            return cls.empty(metric)
+        return history if history.metric == metric else cls.empty(metric)
+
+
+def round_value(value: float) -> float:
+    """The precision samples are stored with, applied before deciding."""
+    return round(float(value), VALUE_DIGITS)
+
+
+def _merge(samples: list[Sample], width_ms: int) -> list[Sample]:
+    out: list[Sample] = []
+    for s in samples:
+        if out and out[-1].t_ms // width_ms == s.t_ms // width_ms:
+            last = out[-1]
+            out[-1] = Sample(s.t_ms, max(last.value, s.value), max(last.ready, s.ready))
+        else:
+            out.append(s)
+    return out
+
+
+def _int(value: object) -> int:
+    if isinstance(value, bool):
+        raise HistoryError(f"{value!r} is not an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise HistoryError(f"{value!r} is not an integer")
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise HistoryError(f"{value!r} is not a number")
+    if not math.isfinite(value):
+        raise HistoryError(f"{value!r} is not finite")
+    return float(value)

@@ -1,0 +1,398 @@
+"""The scaling policy: how many Triton replicas a deployment should run.
+
+Pure code. Every input, including the time, is an argument, so each rule can
+be tested with a scripted sequence of samples and a restored history gives
+the same answer as an uninterrupted one.
+
+The shape follows Knative's KPA and the HPA, tuned for GPU replicas, which
+take minutes to load a model and cost real money while idle:
+
+* Scale up on the panic window (seconds): its mean smooths a single-scrape
+  spike that the current replicas drain on their own, and the latest sample
+  must still be above target so a burst that already drained is not chased.
+* Scale-up is bounded by ``max_scale_up_rate`` times the *ready* replicas
+  (at least one more). Replicas still loading do not raise the bound, so a
+  backlog that grows while they load cannot stampede into ever more pods.
+* Scale down only when the highest sample over the whole stabilization window
+  is below target, and only when samples cover that window without gaps.
+  A replica removed too early comes back minutes later, after a cold load.
+* Missing, stale or partial metrics never scale down.
+* Load per replica divides by the spec'd replicas, not the ready ones: pods
+  that are still starting are capacity already paid for.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from turnpike.api.modeldeployment import Autoscaling
+from turnpike.api.status import ScalingDecision
+from turnpike.autoscale.history import History, Sample, round_value
+from turnpike.autoscale.signal import Observation
+
+Metric = Literal["queueDepth", "queueTime"]
+Direction = Literal["up", "down", "hold"]
+# Called with the replica count the policy wants; returns the most the
+# capacity layer allows (None: no limit). Must be deterministic, or a
+# restored history no longer reproduces decisions.
+BudgetCap = Callable[[int], int | None]
+
+# Staleness limit in scrape intervals when Params.stale_after_s is unset.
+STALE_AFTER_SCRAPES = 3
+_EPS = 1e-9
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    """The Autoscaling spec plus replica bounds, detached from pydantic.
+
+    Defaults mirror the API's defaults; see :meth:`from_spec`.
+    """
+
+    min_replicas: int = 1
+    max_replicas: int = 1
+    metric: Metric = "queueDepth"
+    target: float = 4.0
+    tolerance: float = 0.1
+    scrape_interval_s: float = 2.0
+    panic_window_s: float = 6.0
+    stabilization_window_s: float = 120.0
+    max_scale_up_rate: float = 2.0
+    max_scale_down_step: int = 1
+    stale_after_s: float | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.min_replicas < 0:
+            problems.append("min_replicas must be >= 0")
+        if self.max_replicas < self.min_replicas:
+            problems.append("max_replicas must be >= min_replicas")
+        if not self.target > 0:
+            problems.append("target must be > 0")
+        if not 0 <= self.tolerance < 1:
+            problems.append("tolerance must be in [0, 1)")
+        if not self.scrape_interval_s > 0:
+            problems.append("scrape_interval_s must be > 0")
+        if self.panic_window_s < 0 or self.stabilization_window_s < 0:
+            problems.append("windows must be >= 0")
+        if not self.max_scale_up_rate > 1:
+            problems.append("max_scale_up_rate must be > 1")
+        if self.max_scale_down_step < 1:
+            problems.append("max_scale_down_step must be >= 1")
+        if self.stale_after_s is not None and not self.stale_after_s > 0:
+            problems.append("stale_after_s must be > 0")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @classmethod
+    def from_spec(
+        cls, autoscaling: Autoscaling, *, min_replicas: int, max_replicas: int | None
+    ) -> Params:
+        """Params of a ModelDeployment; an unset max pins replicas to the min."""
+        return cls(
+            min_replicas=min_replicas,
+            max_replicas=max_replicas if max_replicas is not None else min_replicas,
+            metric="queueTime" if autoscaling.metric.value == "queueTime" else "queueDepth",
+            target=autoscaling.target,
+            tolerance=autoscaling.tolerance,
+            scrape_interval_s=float(autoscaling.scrape_interval_seconds),
+            panic_window_s=float(autoscaling.panic_window_seconds),
+            stabilization_window_s=float(autoscaling.stabilization_window_seconds),
+            max_scale_up_rate=autoscaling.max_scale_up_rate,
+            max_scale_down_step=autoscaling.max_scale_down_step,
+        )
+
+    @property
+    def stale_limit_s(self) -> float:
+        if self.stale_after_s is not None:
+            return self.stale_after_s
+        return STALE_AFTER_SCRAPES * self.scrape_interval_s
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to run and why; ``history`` is the state to store for next time."""
+
+    replicas: int
+    current: int
+    reason: str
+    history: History
+    # The metric scaled to per spec'd replica (queue per replica for
+    # queueDepth); None when metrics were unusable. Fits status.queueDepth.
+    per_replica: float | None = None
+    metrics_stale: bool = False
+    metrics_partial: bool = False
+    limited_by_rate: bool = False
+    limited_by_budget: bool = False
+    clamped: bool = False
+
+    @property
+    def direction(self) -> Direction:
+        if self.replicas > self.current:
+            return "up"
+        if self.replicas < self.current:
+            return "down"
+        return "hold"
+
+    @property
+    def changed(self) -> bool:
+        return self.replicas != self.current
+
+    def as_status(self, time: str) -> ScalingDecision:
+        """The record for ``status.lastScale``; ``time`` is RFC 3339."""
+        return ScalingDecision(
+            time=time, from_replicas=self.current, to_replicas=self.replicas, reason=self.reason
+        )
+
+
+@dataclass(slots=True)
+class _Flags:
+    metrics_stale: bool = False
+    metrics_partial: bool = False
+    limited_by_rate: bool = False
+    limited_by_budget: bool = False
+    clamped: bool = False
+
+
+def decide(
+    params: Params,
+    *,
+    current: int,
+    ready: int,
+    starting: int,
+    history: History,
+    now: float,
+    observation: Observation | None,
+    budget: int | BudgetCap | None = None,
+) -> Decision:
+    """Desired replicas for one tick.
+
+    ``current`` is the spec'd replica count, ``ready`` and ``starting`` the
+    pods that serve and the pods still loading. ``now`` and the observation's
+    time share one wall clock (seconds since the epoch): the history outlives
+    the process, so a monotonic clock would not do. ``budget`` is the most
+    replicas the GPU capacity layer grants; it caps growth but never removes
+    running replicas by itself.
+    """
+    if current < 0 or ready < 0 or starting < 0:
+        raise ValueError("replica counts must be >= 0")
+    now_ms = _ms(now)
+    if history.metric != params.metric:
+        history = History.empty(params.metric)
+
+    # Pods that answered are serving even if the caller's ready count lags.
+    serving = max(ready, observation.pods_ok) if observation is not None else ready
+    value, missing_why = _value(params, observation, now, serving)
+    flags = _Flags()
+    if observation is not None and value is not None and not observation.partial:
+        sample = Sample(_ms(observation.time), value, serving)
+        history = history.record(sample, max_gap_ms=_ms(params.stale_limit_s))
+    history = history.trimmed(
+        now_ms=now_ms,
+        keep_ms=_ms(max(params.panic_window_s, params.stabilization_window_s)),
+        panic_ms=_ms(params.panic_window_s),
+    )
+    per_replica: float | None = None
+    if observation is None or value is None:
+        flags.metrics_stale = True
+        desired, reason = current, f"{missing_why}: hold {current}"
+    else:
+        flags.metrics_partial = observation.partial
+        load = _load(params.metric, value, serving)
+        per_replica = load / current if current else None
+        desired, reason = _recommend(
+            params, current, ready, starting, history, now_ms, load, observation, flags
+        )
+
+    desired, reason = _clamp(params, current, desired, reason, flags)
+    desired, reason = _cap(budget, current, desired, reason, flags)
+    return Decision(
+        replicas=desired,
+        current=current,
+        reason=reason,
+        history=history,
+        per_replica=per_replica,
+        metrics_stale=flags.metrics_stale,
+        metrics_partial=flags.metrics_partial,
+        limited_by_rate=flags.limited_by_rate,
+        limited_by_budget=flags.limited_by_budget,
+        clamped=flags.clamped,
+    )
+
+
+def _recommend(
+    p: Params,
+    current: int,
+    ready: int,
+    starting: int,
+    history: History,
+    now_ms: int,
+    load: float,
+    obs: Observation,
+    flags: _Flags,
+) -> tuple[int, str]:
+    band = f"target {_fmt(p.target)}{_unit(p)}±{_fmt(p.tolerance * 100)}%"
+    upper = current * p.target * (1 + p.tolerance)
+    lower = current * p.target * (1 - p.tolerance)
+    partial = obs.partial
+    prefix = f"metrics partial ({obs.pods_ok}/{obs.pods_total} pods): " if partial else ""
+
+    # Scale up: panic-window mean, but only while the latest sample agrees.
+    panic_from = now_ms - _ms(p.panic_window_s)
+    panic = [_load(p.metric, s.value, s.ready) for s in history.samples if s.t_ms >= panic_from]
+    if partial or not panic:
+        panic.append(load)  # not recorded (partial) or older than the panic window
+    panic_mean = sum(panic) / len(panic)
+    up_load = min(panic_mean, load)
+    if up_load > upper:
+        wanted = _ceil(up_load / p.target)
+        bound = max(_ceil(ready * p.max_scale_up_rate), ready + 1)
+        desired = max(current, min(wanted, bound))
+        what = f"{prefix}{_describe(p, up_load, current)} > {band}"
+        if desired == current:
+            flags.limited_by_rate = True
+            waiting = f"{starting} starting" if starting else f"{current - ready} unready"
+            return current, (
+                f"{what}: hold {current}, waiting for {waiting} replicas before growing "
+                f"past {_fmt(p.max_scale_up_rate)}× the {ready} ready"
+            )
+        reason = f"{what}: scale up {current}→{desired} (panic window {_fmt(p.panic_window_s)}s"
+        if wanted > desired:
+            flags.limited_by_rate = True
+            rate = _fmt(p.max_scale_up_rate)
+            reason += f"; wanted {wanted}, maxScaleUpRate {rate}× {ready} ready"
+        return desired, reason + ")"
+
+    now_text = f"{prefix}{_describe(p, load, current)}"
+    if load > upper:
+        return current, (
+            f"{now_text} > {band}, but its {_fmt(p.panic_window_s)}s panic-window mean "
+            f"{_fmt(panic_mean)}{_unit(p)} is not: hold {current}"
+        )
+    if load >= lower:
+        return current, f"{now_text} within {band}: hold {current}"
+    if partial:
+        return current, f"{now_text} < {band}: hold {current}, never scale down on partial metrics"
+
+    # Scale down: the highest sample of the whole stabilization window decides.
+    window_s = p.stabilization_window_s
+    window_from = now_ms - _ms(window_s)
+    peak = max(
+        [load]
+        + [_load(p.metric, s.value, s.ready) for s in history.samples if s.t_ms >= window_from]
+    )
+    if peak >= lower:
+        return current, (
+            f"{now_text} < {band}, but it peaked at {_fmt(peak)}{_unit(p)} "
+            f"in the last {_fmt(window_s)}s: hold {current}"
+        )
+    since = history.since_ms
+    covered_ms = now_ms - since if since is not None else 0
+    if covered_ms < _ms(window_s):
+        return current, (
+            f"{now_text} < {band}: hold {current} until metrics cover the "
+            f"{_fmt(window_s)}s stabilization window ({_fmt(max(covered_ms, 0) / 1000)}s so far)"
+        )
+    wanted = _ceil(peak / p.target)
+    desired = max(wanted, current - p.max_scale_down_step)
+    if desired >= current:
+        return current, f"{now_text} < {band}: hold {current}"
+    reason = (
+        f"{_describe(p, peak, current)} at most over the last {_fmt(window_s)}s < {band}: "
+        f"scale down {current}→{desired} (stabilization window"
+    )
+    if wanted < desired:
+        reason += f"; wanted {wanted}, maxScaleDownStep {p.max_scale_down_step}"
+    return desired, reason + ")"
+
+
+def _value(
+    p: Params, obs: Observation | None, now: float, serving: int
+) -> tuple[float | None, str]:
+    """The metric value to decide on (rounded as stored), or None and why not."""
+    if obs is None:
+        return None, "no metrics"
+    if not obs.usable:
+        if obs.pods_total == 0:
+            return None, "no ready pods to read metrics from"
+        return None, f"no metrics (all {obs.pods_total} pods failed: {obs.failure_summary()})"
+    age = now - obs.time
+    if age > p.stale_limit_s:
+        return None, f"metrics stale ({_fmt(age)}s old > {_fmt(p.stale_limit_s)}s)"
+    if p.metric == "queueDepth":
+        return round_value(obs.queue), ""
+    if serving == 0:
+        return None, "no ready replicas to weigh the queue time by"
+    if obs.queue_time_ms is not None:
+        return round_value(obs.queue_time_ms), ""
+    if obs.queue == 0:
+        # Nothing completed and nothing waits: idle, which is a zero wait.
+        return 0.0, ""
+    return None, "no queue time yet (no request completed since the last scrape)"
+
+
+def _load(metric: Metric, value: float, serving: int) -> float:
+    """Demand in units of "target × replicas", comparable across samples.
+
+    Queue depth is already a total. A mean wait is per request, so it is
+    weighted by the replicas that produced it: the HPA's ratio rule,
+    desired = ceil(serving × wait / target).
+    """
+    return value if metric == "queueDepth" else value * serving
+
+
+def _clamp(
+    p: Params, current: int, desired: int, reason: str, flags: _Flags
+) -> tuple[int, str]:
+    if desired < p.min_replicas:
+        flags.clamped = True
+        return p.min_replicas, f"{reason}; raised to minReplicas: {current}→{p.min_replicas}"
+    if desired > p.max_replicas:
+        flags.clamped = True
+        return p.max_replicas, f"{reason}; limited to maxReplicas: {current}→{p.max_replicas}"
+    return desired, reason
+
+
+def _cap(
+    budget: int | BudgetCap | None, current: int, desired: int, reason: str, flags: _Flags
+) -> tuple[int, str]:
+    allowed = budget(desired) if callable(budget) else budget
+    if allowed is None or desired <= allowed:
+        return desired, reason
+    allowed = max(allowed, 0)
+    capped = max(allowed, min(desired, current))
+    if capped == desired:
+        return desired, reason
+    flags.limited_by_budget = True
+    outcome = f"hold {current}" if capped == current else f"{current}→{capped}"
+    return capped, f"{reason}; capped at GPU budget {allowed}: {outcome}"
+
+
+def _describe(p: Params, load: float, replicas: int) -> str:
+    if p.metric == "queueDepth":
+        per = f" ({_fmt(load / replicas)}/replica)" if replicas else ""
+        return f"queue {_fmt(load)} over {replicas} replicas{per}"
+    per = _fmt(load / replicas) if replicas else _fmt(load)
+    return f"queue wait {per}ms per replica over {replicas} replicas"
+
+
+def _unit(p: Params) -> str:
+    return "" if p.metric == "queueDepth" else "ms"
+
+
+def _fmt(x: float) -> str:
+    if abs(x - round(x)) < 0.05:
+        return str(round(x))
+    return f"{x:.1f}"
+
+
+def _ceil(x: float) -> int:
+    """Ceiling that ignores float dust (12.3 / 4.1 must give 3, not 4)."""
+    return max(0, math.ceil(x - _EPS))
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)

@@ -1,0 +1,183 @@
+"""Turn Triton's Prometheus exposition into the numbers the autoscaler scales on.
+
+Pure code: text in, numbers out. Everything a scrape can get wrong (an HTML
+error page, a truncated body, NaN, the wrong port) surfaces here as one
+exception type, so the I/O edge can mark that pod failed instead of feeding
+nonsense to the policy.
+
+Two signals come out of one exposition:
+
+* queue depth, a gauge: requests Triton has accepted but not started
+  (``nv_inference_pending_request_count``) plus requests the TensorRT-LLM
+  executor holds in its own queue (``nv_trt_llm_request_metrics`` with
+  ``request_type="waiting"``). In-flight batching hands requests to the
+  executor at once, so for TensorRT-LLM the Triton-side count stays near zero
+  and the real backlog is the executor's.
+* queue time, from counters: mean wait in the scheduler queue over an
+  interval, computed from two scrapes, because Triton only exports cumulative
+  totals.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from prometheus_client.parser import text_string_to_metric_families
+
+PENDING = "nv_inference_pending_request_count"
+TRTLLM_REQUESTS = "nv_trt_llm_request_metrics"
+QUEUE_DURATION = "nv_inference_queue_duration_us"
+REQUEST_SUCCESS = "nv_inference_request_success"
+REQUEST_FAILURE = "nv_inference_request_failure"
+
+# Per-model families that prove a model is loaded (Triton emits them for every
+# loaded model version, zero-valued until traffic arrives).
+_PER_MODEL = frozenset({PENDING, QUEUE_DURATION, REQUEST_SUCCESS, REQUEST_FAILURE})
+
+
+class MetricsParseError(ValueError):
+    """The body is not a usable Triton metrics exposition."""
+
+
+@dataclass(frozen=True, slots=True)
+class PodMetrics:
+    """One pod's scrape, reduced to what the autoscaler reads."""
+
+    pending: float = 0.0
+    trtllm_waiting: float = 0.0
+    queue_duration_us: float = 0.0
+    requests: float = 0.0
+
+    @property
+    def queue(self) -> float:
+        return self.pending + self.trtllm_waiting
+
+
+def parse_triton_metrics(text: str, model: str | None = None) -> PodMetrics:
+    """Reduce a Triton ``/metrics`` body to a :class:`PodMetrics`.
+
+    ``model`` filters the ``nv_inference_*`` families by their ``model`` label
+    (all versions summed); ``None`` sums every model. TensorRT-LLM waiting
+    requests are summed over every model regardless: the deployment's named
+    model is usually an ensemble whose ``tensorrt_llm`` step owns the executor
+    queue, and a pod serves one deployment, so filtering them would hide
+    exactly the backlog that matters.
+
+    Raises MetricsParseError when the text does not parse, holds no Triton
+    (``nv_``) metrics at all, lacks the named model, or reports a non-finite
+    or negative value in a family the autoscaler uses.
+    """
+    try:
+        families = list(text_string_to_metric_families(text))
+    except Exception as exc:  # the parser raises assorted types on bad input
+        raise MetricsParseError(f"not Prometheus text exposition: {_short(exc)}") from exc
+
+    sums = dict.fromkeys((PENDING, QUEUE_DURATION, REQUEST_SUCCESS, REQUEST_FAILURE), 0.0)
+    waiting = 0.0
+    seen_triton = False
+    seen_model = model is None
+    for family in families:
+        for sample in family.samples:
+            # The parser renames counter samples to NAME_total; Triton's names lack it.
+            name = sample.name.removesuffix("_total")
+            if name.startswith("nv_"):
+                seen_triton = True
+            if name in _PER_MODEL:
+                if model is not None and sample.labels.get("model") != model:
+                    continue
+                seen_model = True
+                sums[name] += _checked(name, sample.value)
+            elif name == TRTLLM_REQUESTS and sample.labels.get("request_type") == "waiting":
+                waiting += _checked(name, sample.value)
+
+    if not seen_triton:
+        raise MetricsParseError("no Triton (nv_*) metrics in the body")
+    if not seen_model:
+        raise MetricsParseError(f"no metrics for model {model!r}: not loaded on this pod?")
+    return PodMetrics(
+        pending=sums[PENDING],
+        trtllm_waiting=waiting,
+        queue_duration_us=sums[QUEUE_DURATION],
+        requests=sums[REQUEST_SUCCESS] + sums[REQUEST_FAILURE],
+    )
+
+
+def queue_wait_ms(
+    previous: Mapping[str, PodMetrics], current: Mapping[str, PodMetrics]
+) -> float | None:
+    """Mean queue wait (ms) of the requests completed between two scrapes.
+
+    Pods only in ``current`` are skipped: without a previous reading the
+    interval their counters cover is unknown. A counter that went down means
+    Triton restarted; as Prometheus' ``rate()`` does, the new value is then the
+    increase since the restart. Failures count as requests because Triton adds
+    their queue time too. None when no request completed: the mean is
+    undefined, not zero.
+    """
+    waited_us = 0.0
+    completed = 0.0
+    for pod, cur in current.items():
+        prev = previous.get(pod)
+        if prev is None:
+            continue
+        if cur.requests < prev.requests or cur.queue_duration_us < prev.queue_duration_us:
+            prev = PodMetrics()
+        waited_us += cur.queue_duration_us - prev.queue_duration_us
+        completed += cur.requests - prev.requests
+    if completed <= 0:
+        return None
+    return waited_us / completed / 1000.0
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One sampling round over a deployment's ready pods.
+
+    ``queue`` and ``queue_time_ms`` cover only the pods that answered; the
+    policy reads ``partial`` to know that the queue is a lower bound.
+    """
+
+    time: float
+    queue: float
+    queue_time_ms: float | None = None
+    pods: tuple[str, ...] = ()
+    queues: Mapping[str, float] = field(default_factory=dict)
+    failed: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def pods_total(self) -> int:
+        return len(self.pods)
+
+    @property
+    def pods_ok(self) -> int:
+        return len(self.queues)
+
+    @property
+    def usable(self) -> bool:
+        """At least one pod answered, so the numbers mean something."""
+        return self.pods_ok > 0
+
+    @property
+    def partial(self) -> bool:
+        return self.usable and bool(self.failed)
+
+    def failure_summary(self, limit: int = 3) -> str:
+        """A short, stable text for conditions and events."""
+        items = sorted(self.failed.items())
+        text = ", ".join(f"{pod}: {why}" for pod, why in items[:limit])
+        if len(items) > limit:
+            text += f", and {len(items) - limit} more"
+        return text
+
+
+def _checked(name: str, value: float) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise MetricsParseError(f"{name} has unusable value {value!r}")
+    return float(value)
+
+
+def _short(exc: BaseException, limit: int = 120) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,1 @@
+"""The thin shell: kopf handlers observe, call the core, apply and report."""

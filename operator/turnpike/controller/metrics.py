@@ -1,0 +1,43 @@
+"""The operator's own Prometheus metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.reconciles = Counter(
+            "turnpike_reconcile_total",
+            "Reconciles by kind and result.",
+            ["kind", "result"],
+            registry=self.registry,
+        )
+        self.reconcile_seconds = Histogram(
+            "turnpike_reconcile_duration_seconds",
+            "Time of one reconcile.",
+            ["kind"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.api_writes = Counter(
+            "turnpike_api_writes_total",
+            "Write requests sent to the API server.",
+            ["verb", "resource"],
+            registry=self.registry,
+        )
+        self.children_applied = Counter(
+            "turnpike_children_applied_total",
+            "Server-side applies of children.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "turnpike_workqueue_depth", "Objects waiting to be reconciled.", registry=self.registry
+        )
+        self.leader = Gauge(
+            "turnpike_leader",
+            "1 while this replica holds the leader lease.",
+            registry=self.registry,
+        )

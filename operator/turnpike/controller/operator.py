@@ -1,0 +1,127 @@
+"""`turnpike run`: wire the kube client, leader election, kopf and the work queue."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+import kopf
+
+from turnpike.controller.handlers import build_registry
+from turnpike.controller.leader import LeaderElector
+from turnpike.controller.logs import configure
+from turnpike.controller.metrics import Metrics
+from turnpike.controller.modeldeployment import ModelDeploymentReconciler
+from turnpike.controller.server import start_http
+from turnpike.controller.settings import Settings
+from turnpike.controller.workqueue import WorkQueue
+from turnpike.kube import connect
+from turnpike.kube.resources import plural_of_path
+
+log = logging.getLogger("turnpike")
+
+
+def kopf_settings() -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    settings.posting.enabled = False  # Turnpike posts its own, meaningful events
+    settings.scanning.disabled = True  # no cluster-wide CRD/namespace listing (least privilege)
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+    return settings
+
+
+async def run(settings: Settings) -> int:
+    configure(settings.log_level, settings.log_format)
+    metrics = Metrics()
+    kube = await connect(
+        settings.kubeconfig,
+        on_write=lambda verb, path: metrics.api_writes.labels(verb, plural_of_path(path)).inc(),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        log.info("signal received; shutting down")
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+
+    kopf_task: asyncio.Task[None] | None = None
+    runner = await start_http(
+        settings.metrics_bind_address,
+        metrics,
+        healthy=lambda: kopf_task is None or not kopf_task.done(),
+    )
+    elector = (
+        LeaderElector(
+            kube, settings.leader_election_id, settings.leader_election_namespace, settings.identity
+        )
+        if settings.leader_elect
+        else None
+    )
+    queue: WorkQueue | None = None
+    lost_leadership = False
+    try:
+        if elector is not None and not await elector.acquire(stop):
+            return 0
+        metrics.leader.set(1)
+        queue = WorkQueue(
+            ModelDeploymentReconciler(kube, metrics, settings.resync_seconds),
+            workers=settings.workers,
+        )
+        queue.start()
+        kopf_stop = asyncio.Event()
+        kopf_ready = asyncio.Event()
+        kopf_task = asyncio.create_task(
+            kopf.operator(
+                registry=build_registry(kube, queue),
+                settings=kopf_settings(),
+                standalone=True,
+                clusterwide=not settings.namespaces,
+                namespaces=list(settings.namespaces),
+                stop_flag=kopf_stop,
+                ready_flag=kopf_ready,
+            )
+        )
+        await asyncio.wait(
+            [asyncio.create_task(kopf_ready.wait()), kopf_task], return_when=asyncio.FIRST_COMPLETED
+        )
+        # kopf installs its own signal handlers at startup; take them back so a
+        # SIGTERM goes through the orderly path below (and releases the lease).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal)
+        log.info("operator started", extra={"namespaces": settings.namespaces or "all"})
+        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait()), kopf_task]
+        keeper = asyncio.ensure_future(elector.keep(stop)) if elector else None
+        if keeper is not None:
+            waiters.append(keeper)
+        while not stop.is_set():
+            depth_updater = asyncio.ensure_future(asyncio.sleep(1.0))
+            done, _ = await asyncio.wait(
+                [*waiters, depth_updater], return_when=asyncio.FIRST_COMPLETED
+            )
+            metrics.queue_depth.set(queue.depth)
+            if kopf_task in done or (keeper is not None and keeper in done):
+                lost_leadership = keeper is not None and keeper in done and not stop.is_set()
+                break
+        kopf_stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(kopf_task, 30)
+        if kopf_task.done() and not kopf_task.cancelled() and kopf_task.exception() is not None:
+            log.error("kopf stopped with an error: %s", kopf_task.exception())
+            return 1
+        return 1 if lost_leadership else 0
+    finally:
+        if queue is not None:
+            await queue.stop()
+        metrics.leader.set(0)
+        if elector is not None:
+            await elector.release()
+        await runner.cleanup()
+        await kube.close()
+        log.info("stopped")

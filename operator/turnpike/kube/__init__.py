@@ -1,0 +1,6 @@
+"""The one place that talks to the Kubernetes API server."""
+
+from turnpike.kube.client import ApiError, Kube, connect
+from turnpike.kube.resources import Resource, resource_for
+
+__all__ = ["ApiError", "Kube", "Resource", "connect", "resource_for"]

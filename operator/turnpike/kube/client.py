@@ -1,0 +1,212 @@
+"""A small async REST client over kubernetes_asyncio's authenticated transport.
+
+kubernetes_asyncio loads kubeconfig / in-cluster credentials (tokens, client
+certificates, exec plugins) and keeps them fresh; the typed API classes are
+not used because the operator handles plain dicts end to end: the renderer
+produces them, server-side apply accepts them, status patches are dicts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes_asyncio import client as k8s_client
+from kubernetes_asyncio import config as k8s_config
+
+from turnpike.api.constants import FIELD_MANAGER
+from turnpike.kube.resources import Resource, resource_for
+
+WriteHook = Callable[[str, str], None]
+
+
+class ApiError(Exception):
+    """A non-2xx answer from the API server, with its Status reason and message."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What kopf needs to open its own watch connections to the same server."""
+
+    server: str
+    ca_path: str | None
+    token: str | None
+    certificate_path: str | None
+    private_key_path: str | None
+    insecure: bool
+
+
+class Kube:
+    def __init__(self, api: k8s_client.ApiClient, on_write: WriteHook | None = None) -> None:
+        self._api = api
+        self._on_write = on_write
+
+    @property
+    def credentials(self) -> Credentials:
+        cfg = self._api.configuration
+        auth = (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken")
+        token = auth.split(" ", 1)[1] if auth and " " in auth else auth
+        return Credentials(
+            server=cfg.host or "",
+            ca_path=cfg.ssl_ca_cert,
+            token=token,
+            certificate_path=cfg.cert_file,
+            private_key_path=cfg.key_file,
+            insecure=not cfg.verify_ssl,
+        )
+
+    async def close(self) -> None:
+        await self._api.close()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: dict[str, str] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: float = 30,
+    ) -> Any:
+        response = await self._api.call_api(
+            path,
+            method,
+            query_params=list((query or {}).items()),
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=body,
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _request_timeout=timeout,
+        )
+        try:
+            raw = await response.read()
+        finally:
+            response.release()
+        data = json.loads(raw) if raw else None
+        if not 200 <= response.status <= 299:
+            reason = data.get("reason", "") if isinstance(data, dict) else ""
+            message = (
+                data.get("message", raw.decode(errors="replace"))
+                if isinstance(data, dict)
+                else raw.decode(errors="replace")
+            )
+            raise ApiError(response.status, reason or str(response.reason), message)
+        if method != "GET" and self._on_write is not None:
+            self._on_write(method, path)
+        return data
+
+    async def get(
+        self, resource: Resource, namespace: str | None, name: str
+    ) -> dict[str, Any] | None:
+        try:
+            obj: dict[str, Any] = await self.request("GET", resource.path(namespace, name))
+        except ApiError as error:
+            if error.not_found:
+                return None
+            raise
+        return obj
+
+    async def list(
+        self,
+        resource: Resource,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> list[dict[str, Any]]:
+        query = {}
+        if label_selector:
+            query["labelSelector"] = label_selector
+        if field_selector:
+            query["fieldSelector"] = field_selector
+        data = await self.request("GET", resource.path(namespace), query=query)
+        items: list[dict[str, Any]] = data.get("items", [])
+        return items
+
+    async def apply(
+        self, obj: dict[str, Any], *, force: bool = True, field_manager: str = FIELD_MANAGER
+    ) -> dict[str, Any]:
+        """Server-side apply: the operator owns exactly the fields it renders."""
+        resource = resource_for(obj)
+        metadata = obj["metadata"]
+        query = {"fieldManager": field_manager}
+        if force:
+            query["force"] = "true"
+        result: dict[str, Any] = await self.request(
+            "PATCH",
+            resource.path(metadata.get("namespace"), metadata["name"]),
+            query=query,
+            body=obj,
+            content_type="application/apply-patch+yaml",
+        )
+        return result
+
+    async def patch_status(
+        self, resource: Resource, namespace: str | None, name: str, status: dict[str, Any]
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request(
+            "PATCH",
+            resource.path(namespace, name, "status"),
+            body={"status": status},
+            content_type="application/merge-patch+json",
+        )
+        return result
+
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        resource = resource_for(obj)
+        result: dict[str, Any] = await self.request(
+            "POST", resource.path(obj["metadata"].get("namespace")), body=obj
+        )
+        return result
+
+    async def replace(self, obj: dict[str, Any]) -> dict[str, Any]:
+        resource = resource_for(obj)
+        metadata = obj["metadata"]
+        result: dict[str, Any] = await self.request(
+            "PUT", resource.path(metadata.get("namespace"), metadata["name"]), body=obj
+        )
+        return result
+
+    async def delete(self, resource: Resource, namespace: str | None, name: str) -> None:
+        try:
+            await self.request(
+                "DELETE", resource.path(namespace, name), body={"propagationPolicy": "Background"}
+            )
+        except ApiError as error:
+            if not error.not_found:
+                raise
+
+
+async def connect(kubeconfig: str | None = None, on_write: WriteHook | None = None) -> Kube:
+    """Credentials from --kubeconfig, $KUBECONFIG, or the pod's service account."""
+    configuration = k8s_client.Configuration()
+    if (
+        kubeconfig is None
+        and "KUBECONFIG" not in os.environ
+        and os.environ.get("KUBERNETES_SERVICE_HOST")
+    ):
+        k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
+            client_configuration=configuration
+        )
+    else:
+        await k8s_config.load_kube_config(
+            config_file=kubeconfig, client_configuration=configuration
+        )
+    configuration.proxy = None
+    return Kube(k8s_client.ApiClient(configuration), on_write=on_write)

@@ -1,0 +1,1 @@
+"""Pure reconcile decisions: what to apply, given desired and observed objects."""

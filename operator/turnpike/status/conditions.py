@@ -1,0 +1,146 @@
+"""Conditions following kstatus conventions.
+
+Ready is the summary users wait on (`kubectl wait --for=condition=Ready`);
+Progressing says a change is rolling out; Degraded says something needs a human.
+Every condition carries observedGeneration so a stale status is never mistaken
+for the answer to the latest spec.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from turnpike.api.status import Condition, ConditionStatus
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why the operator cannot (fully) realise a spec; becomes Degraded=True."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """What the child Deployment reports, reduced to what conditions need."""
+
+    desired: int
+    replicas: int
+    updated: int
+    ready: int
+    available: int
+    current_generation: bool
+    failure: str | None
+
+
+def rollout_of(deployment: dict[str, Any] | None, desired: int) -> Rollout | None:
+    if deployment is None:
+        return None
+    status = deployment.get("status", {})
+    failure = None
+    for condition in status.get("conditions", []):
+        if (
+            condition.get("type") == "Progressing"
+            and condition.get("reason") == "ProgressDeadlineExceeded"
+        ):
+            failure = condition.get("message", "rollout exceeded its progress deadline")
+        if condition.get("type") == "ReplicaFailure" and condition.get("status") == "True":
+            failure = condition.get("message", "pods cannot be created")
+    generation = deployment.get("metadata", {}).get("generation")
+    return Rollout(
+        desired=desired,
+        replicas=int(status.get("replicas", 0)),
+        updated=int(status.get("updatedReplicas", 0)),
+        ready=int(status.get("readyReplicas", 0)),
+        available=int(status.get("availableReplicas", 0)),
+        current_generation=generation is not None
+        and status.get("observedGeneration") == generation,
+        failure=failure,
+    )
+
+
+def deployment_status(
+    generation: int, rollout: Rollout | None, problem: Problem | None
+) -> list[tuple[str, ConditionStatus, str, str]]:
+    """(type, status, reason, message) for Ready, Progressing, Degraded."""
+    if problem is not None:
+        ready_now = rollout is not None and _settled(rollout)
+        return [
+            ("Ready", "False", problem.reason, problem.message),
+            ("Progressing", "False", problem.reason, "waiting for the problem to be fixed"),
+            (
+                "Degraded",
+                "True",
+                problem.reason,
+                problem.message + (" (the previous revision keeps serving)" if ready_now else ""),
+            ),
+        ]
+    if rollout is None:
+        return [
+            ("Ready", "False", "Creating", "creating the Deployment"),
+            ("Progressing", "True", "Creating", "creating the Deployment"),
+            ("Degraded", "False", "AsExpected", ""),
+        ]
+    if rollout.failure is not None:
+        return [
+            ("Ready", "False", "RolloutFailed", rollout.failure),
+            ("Progressing", "False", "RolloutFailed", rollout.failure),
+            ("Degraded", "True", "RolloutFailed", rollout.failure),
+        ]
+    counts = f"{rollout.ready}/{rollout.desired} replicas ready"
+    if _settled(rollout):
+        reason = "ScaledToZero" if rollout.desired == 0 else "AllReplicasReady"
+        return [
+            ("Ready", "True", reason, counts),
+            ("Progressing", "False", reason, counts),
+            ("Degraded", "False", "AsExpected", ""),
+        ]
+    if not rollout.current_generation:
+        reason, message = "RollingOut", "the Deployment has not yet seen the latest spec"
+    elif rollout.updated < rollout.desired or rollout.replicas > rollout.updated:
+        reason = "RollingOut"
+        message = f"{rollout.updated}/{rollout.desired} replicas updated, {counts}"
+    else:
+        reason, message = "WaitingForReplicas", counts
+    return [
+        ("Ready", "False", reason, message),
+        ("Progressing", "True", reason, message),
+        ("Degraded", "False", "AsExpected", ""),
+    ]
+
+
+def _settled(rollout: Rollout) -> bool:
+    return (
+        rollout.current_generation
+        and rollout.updated == rollout.desired
+        and rollout.replicas == rollout.desired
+        and rollout.available >= rollout.desired
+        and rollout.ready >= rollout.desired
+    )
+
+
+def merge_conditions(
+    previous: list[Condition],
+    wanted: list[tuple[str, ConditionStatus, str, str]],
+    generation: int,
+    now: str,
+) -> list[Condition]:
+    """New conditions, keeping lastTransitionTime where the status did not flip."""
+    before = {c.type: c for c in previous}
+    merged = []
+    for type_, status, reason, message in wanted:
+        old = before.get(type_)
+        since = old.last_transition_time if old is not None and old.status == status else now
+        merged.append(
+            Condition(
+                type=type_,
+                status=status,
+                reason=reason,
+                message=message,
+                observed_generation=generation,
+                last_transition_time=since,
+            )
+        )
+    return merged

@@ -1,0 +1,80 @@
+"""Shared fixtures: the cluster (local or the user's KUBECONFIG) and a namespace per test."""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hack import localcluster
+
+from tests.kubectl import Kubectl
+from tests.operator_process import OperatorProcess, start_operator
+
+os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+os.environ.setdefault("no_proxy", "127.0.0.1,localhost")
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[localcluster.Cluster]:
+    """Bring the local cluster up, or reuse one (``make cluster-up``, KUBECONFIG).
+
+    A cluster this session started is stopped at the end unless
+    TURNPIKE_KEEP_CLUSTER=1; one that was already running is left alone.
+    """
+    was_running = localcluster.running() is not None
+    cluster = localcluster.ensure()
+    yield cluster
+    started_here = cluster.bin_dir is not None and not was_running
+    if started_here and os.environ.get("TURNPIKE_KEEP_CLUSTER") != "1":
+        localcluster.down()
+
+
+@pytest.fixture(scope="session")
+def kubectl(cluster: localcluster.Cluster) -> Kubectl:
+    return Kubectl(cluster.kubectl(), cluster.kubeconfig)
+
+
+@pytest.fixture
+def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards (without waiting)."""
+    stem = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
+    name = f"t-{stem}-{uuid.uuid4().hex[:5]}"
+    kubectl.run("create", "namespace", name)
+    yield name
+    kubectl.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def kube(kubectl: Kubectl, namespace: str) -> Kubectl:
+    """kubectl bound to the test's namespace."""
+    return kubectl.in_namespace(namespace)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``after_all`` look at what the whole suite left behind: run them last."""
+    items.sort(key=lambda item: item.get_closest_marker("after_all") is not None)
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def crds_installed(kubectl: Kubectl) -> None:
+    kubectl.run("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    kubectl.run("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: localcluster.Cluster, crds_installed: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """The operator, with a short resync so drift repair is observable in tests."""
+    log_path = tmp_path_factory.mktemp("operator") / "operator.log"
+    process = start_operator(cluster.kubeconfig, log_path, "--resync-seconds=2")
+    yield process
+    code = process.stop()
+    assert code == 0, f"operator exited {code} on SIGTERM:\n{process.log_tail()}"

@@ -1,0 +1,77 @@
+"""`cluster-up` is idempotent and `cluster-down` leaves nothing behind.
+
+Runs a second, throwaway cluster in its own state directory (the build is
+shared through the machine-wide cache), so the suite's cluster is untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hack import localcluster
+
+pytestmark = pytest.mark.cluster
+SCRIPT = Path(localcluster.__file__)
+
+
+def run(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TURNPIKE_CLUSTER_DIR": str(state_dir)}
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(
+    bool(os.environ.get("KUBECONFIG")) and os.environ.get("TURNPIKE_LOCAL_CLUSTER") != "1",
+    reason="uses the local cluster's binaries; KUBECONFIG points elsewhere",
+)
+def test_cluster_up_is_idempotent_and_cluster_down_stops_everything(tmp_path: Path) -> None:
+    state_dir = tmp_path / "cluster"
+    started = time.monotonic()
+    kubeconfig = run(state_dir, "up").stdout.strip()
+    first_up = time.monotonic() - started
+    status = json.loads(run(state_dir, "status").stdout)
+    assert status["running"] is True
+    pids: dict[str, int] = status["pids"]
+    ports: dict[str, int] = status["ports"]
+    assert set(pids) == set(localcluster.COMPONENTS)
+    assert all(listening(p) for name, p in ports.items() if name != "etcd_peer")
+
+    started = time.monotonic()
+    again = run(state_dir, "up")
+    second_up = time.monotonic() - started
+    assert again.stdout.strip() == kubeconfig
+    assert "reusing the running cluster" in again.stderr
+    assert json.loads(run(state_dir, "status").stdout)["pids"] == pids, "second up restarted"
+    print(f"\nwarm cluster-up {first_up:.1f}s, reuse {second_up:.1f}s")
+
+    run(state_dir, "down")
+    assert not [name for name, pid in pids.items() if alive(pid)]
+    assert not [name for name, port in ports.items() if listening(port)]
+    assert not state_dir.exists()
