@@ -262,10 +262,10 @@ def _write_kubeconfig(path: Path, server: str, ca: Path, token: str) -> None:
 # ---------------------------------------------------------------- nodes
 
 
-def node_manifests(shape: dict[str, Any]) -> list[dict[str, Any]]:
+def node_manifests(shape: dict[str, Any], first_index: int = 1) -> list[dict[str, Any]]:
     """Fake nodes as GFD and the device plugin would present them."""
     nodes: list[dict[str, Any]] = []
-    index = 0
+    index = first_index - 1
     for pool in shape["pools"]:
         for n in range(int(pool["count"])):
             index += 1
@@ -463,6 +463,9 @@ def up() -> Cluster:
             f"--root-ca-file={pki / 'ca.crt'}",
             "--use-service-account-credentials=false",
             "--controllers=*,-nodeipam",
+            # The default 20 QPS makes kcm the bottleneck of every benchmark here.
+            "--kube-api-qps=200",
+            "--kube-api-burst=400",
             "--profiling=false",
         ],
         state,

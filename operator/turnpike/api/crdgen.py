@@ -24,9 +24,11 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, NoDefault
 from pydantic_core import core_schema
 
-from turnpike.api import modeldeployment
+from turnpike.api import capacitytier, modeldeployment
+from turnpike.api.capacitytier import CAPACITY_TIER_NAME_RULES, CapacityTierSpec, CapacityTierStatus
 from turnpike.api.constants import GROUP, VERSION
 from turnpike.api.modeldeployment import ModelDeploymentSpec
+from turnpike.api.rules import Rule
 from turnpike.api.status import ModelDeploymentStatus
 
 Schema = dict[str, Any]
@@ -205,6 +207,8 @@ class CrdSpec:
     scale: bool = False
     description: str = ""
     categories: tuple[str, ...] = ("turnpike",)
+    # CEL rules on the whole object: the only place a rule can read metadata.name.
+    root_rules: tuple[Rule, ...] = ()
 
     @property
     def filename(self) -> str:
@@ -256,6 +260,8 @@ def build_crd(crd: CrdSpec) -> dict[str, Any]:
         }
 
     root: Schema = {"type": "object", "properties": properties, "required": ["spec"]}
+    if crd.root_rules:
+        root["x-kubernetes-validations"] = [r.to_schema() for r in crd.root_rules]
     if crd.description:
         root = {"description": crd.description, **root}
     version: dict[str, Any] = {
@@ -321,8 +327,28 @@ MODELDEPLOYMENT = CrdSpec(
     ),
 )
 
+CAPACITYTIER = CrdSpec(
+    kind="CapacityTier",
+    plural="capacitytiers",
+    short_names=("ct",),
+    scope="Cluster",
+    spec_model=CapacityTierSpec,
+    status_model=CapacityTierStatus,
+    description=inspect.getdoc(capacitytier) or "",
+    root_rules=CAPACITY_TIER_NAME_RULES,
+    printer_columns=(
+        PrinterColumn("Class", ".spec.class"),
+        PrinterColumn("Priority", ".status.priority", "integer", "PriorityClass value."),
+        PrinterColumn("Budget", ".status.budgetSummary", description="GPUs per pool."),
+        PrinterColumn("Granted", ".status.grantedSummary", description="GPUs granted per pool."),
+        PrinterColumn("Free", ".status.freeSummary", description="GPUs not granted per pool."),
+        PrinterColumn("Default", ".spec.default", "boolean", priority=1),
+        PrinterColumn("Age", ".metadata.creationTimestamp", "date"),
+    ),
+)
+
 # Every kind `make crds` writes.
-CRDS: tuple[CrdSpec, ...] = (MODELDEPLOYMENT,)
+CRDS: tuple[CrdSpec, ...] = (MODELDEPLOYMENT, CAPACITYTIER)
 
 
 def modeldeployment_crd() -> dict[str, Any]:

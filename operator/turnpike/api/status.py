@@ -33,7 +33,22 @@ class ScalingDecision(ApiModel):
     reason: str
 
 
+class AutoscalerHistory(ApiModel):
+    """The autoscaler's window of samples, so a restart or a new leader neither
+    flaps nor forgets (the encoding of turnpike.autoscale.history.History)."""
+
+    v: int = Field(description="Encoding version.")
+    metric: str = Field(max_length=32)
+    t0: int | None = Field(default=None, description="Epoch milliseconds of the first sample.")
+    since: int | None = Field(default=None, description="Epoch ms since metrics are continuous.")
+    samples: list[list[float]] = Field(
+        default_factory=list, max_length=200, description="[ms after t0, value, ready replicas]."
+    )
+
+
 class ModelDeploymentStatus(ApiModel):
+    """Observed state of a ModelDeployment, written by the operator only."""
+
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list)
     replicas: int = Field(default=0, ge=0, description="Pods of the current Deployment.")
@@ -44,7 +59,12 @@ class ModelDeploymentStatus(ApiModel):
     queue_depth: float | None = Field(
         default=None, description="Pending requests per replica, last read from Triton."
     )
-    last_scale: ScalingDecision | None = None
+    last_scale: ScalingDecision | None = Field(
+        default=None, description="The autoscaler's last change of replicas and why."
+    )
+    autoscaler: AutoscalerHistory | None = Field(
+        default=None, description="Autoscaler window state (internal; survives restarts)."
+    )
     endpoint: str | None = Field(
         default=None, description="In-cluster HTTP endpoint of the Service."
     )

@@ -49,8 +49,14 @@ async def post_event(
 ) -> None:
     """Events are best effort: losing one must never fail a reconcile."""
     metadata = obj["metadata"]
-    log.info("event %s %s on %s/%s: %s", type_, reason, metadata.get("namespace"),
-             metadata["name"], message)
+    log.info(
+        "event %s %s on %s/%s: %s",
+        type_,
+        reason,
+        metadata.get("namespace"),
+        metadata["name"],
+        message,
+    )
     try:
         await kube.create(event_for(obj, type_, reason, message, now))
     except (ApiError, OSError) as error:

@@ -33,8 +33,32 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
-        self.queue_depth = Gauge(
+        self.workqueue_depth = Gauge(
             "turnpike_workqueue_depth", "Objects waiting to be reconciled.", registry=self.registry
+        )
+        self.queue_depth = Gauge(
+            "turnpike_queue_depth",
+            "Triton queue per replica as the autoscaler read it.",
+            ["namespace", "name"],
+            registry=self.registry,
+        )
+        self.desired_replicas = Gauge(
+            "turnpike_desired_replicas",
+            "Replicas the autoscaler asked for.",
+            ["namespace", "name"],
+            registry=self.registry,
+        )
+        self.ready_replicas = Gauge(
+            "turnpike_ready_replicas",
+            "Replicas serving (ready pods with an IP).",
+            ["namespace", "name"],
+            registry=self.registry,
+        )
+        self.scaling_decisions = Counter(
+            "turnpike_scaling_decisions_total",
+            "Autoscaler decisions by direction.",
+            ["direction"],
+            registry=self.registry,
         )
         self.leader = Gauge(
             "turnpike_leader",

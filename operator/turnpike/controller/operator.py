@@ -10,6 +10,7 @@ from typing import Any
 
 import kopf
 
+from turnpike.controller.autoscaler import Autoscaler
 from turnpike.controller.handlers import build_registry
 from turnpike.controller.leader import LeaderElector
 from turnpike.controller.logs import configure
@@ -65,6 +66,7 @@ async def run(settings: Settings) -> int:
         else None
     )
     queue: WorkQueue | None = None
+    autoscaler: Autoscaler | None = None
     lost_leadership = False
     try:
         if elector is not None and not await elector.acquire(stop):
@@ -105,7 +107,7 @@ async def run(settings: Settings) -> int:
             done, _ = await asyncio.wait(
                 [*waiters, depth_updater], return_when=asyncio.FIRST_COMPLETED
             )
-            metrics.queue_depth.set(queue.depth)
+            metrics.workqueue_depth.set(queue.depth)
             if kopf_task in done or (keeper is not None and keeper in done):
                 lost_leadership = keeper is not None and keeper in done and not stop.is_set()
                 break
@@ -119,6 +121,8 @@ async def run(settings: Settings) -> int:
     finally:
         if queue is not None:
             await queue.stop()
+        if autoscaler is not None:
+            await autoscaler.close()
         metrics.leader.set(0)
         if elector is not None:
             await elector.release()

@@ -21,6 +21,7 @@ class Settings:
     resync_seconds: float
     log_level: str
     log_format: str
+    triton_metrics_port: int = 8002
 
 
 def _env(name: str, default: str) -> str:
@@ -73,6 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="periodic drift repair of every object",
     )
     parser.add_argument(
+        "--triton-metrics-port",
+        type=int,
+        default=int(_env("TRITON_METRICS_PORT", "8002")),
+        help="port of Triton's metrics endpoint on each pod (default 8002)",
+    )
+    parser.add_argument(
         "--log-level",
         default=_env("LOG_LEVEL", "info"),
         choices=["debug", "info", "warning", "error"],
@@ -99,4 +106,5 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         resync_seconds=args.resync_seconds,
         log_level=args.log_level,
         log_format=args.log_format,
+        triton_metrics_port=args.triton_metrics_port,
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,6 +138,44 @@ class Kube:
         data = await self.request("GET", resource.path(namespace), query=query)
         items: list[dict[str, Any]] = data.get("items", [])
         return items
+
+    async def watch(
+        self,
+        resource: Resource,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        timeout_seconds: int = 300,
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """(event type, object) from a watch that ends after timeout_seconds.
+
+        The operator itself watches through kopf; this serves tools (benchmarks,
+        the demo) that need to see objects appear without polling.
+        """
+        query = {"watch": "true", "timeoutSeconds": str(timeout_seconds)}
+        if label_selector:
+            query["labelSelector"] = label_selector
+        response = await self._api.call_api(
+            resource.path(namespace),
+            "GET",
+            query_params=list(query.items()),
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _request_timeout=timeout_seconds + 30,
+        )
+        try:
+            if response.status != 200:
+                raw = await response.read()
+                raise ApiError(response.status, str(response.reason), raw.decode(errors="replace"))
+            while True:
+                line = await response.content.readline()
+                if not line:
+                    return
+                if line.strip():
+                    event = json.loads(line)
+                    yield event["type"], event["object"]
+        finally:
+            response.release()
 
     async def apply(
         self, obj: dict[str, Any], *, force: bool = True, field_manager: str = FIELD_MANAGER

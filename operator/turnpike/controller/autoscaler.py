@@ -1,0 +1,174 @@
+"""One autoscaling tick for a ModelDeployment: read Triton, ask the policy.
+
+The policy (turnpike.autoscale.policy) is pure; this module only finds the
+pods, samples their metrics through a MetricsSource and keeps per-object
+sources and histories between ticks. The history is also stored in status
+(at most every STATUS_FLUSH_SECONDS, or whenever replicas change), so a
+restart or a new leader picks up the window where it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from turnpike.api.modeldeployment import MetricsSource as SourceKind
+from turnpike.api.modeldeployment import ModelDeployment
+from turnpike.api.status import AutoscalerHistory, ModelDeploymentStatus
+from turnpike.autoscale.history import History
+from turnpike.autoscale.policy import Decision, Params, decide
+from turnpike.autoscale.sources import (
+    MetricsSource,
+    PodScrapeSource,
+    PodTarget,
+    PrometheusSource,
+    new_session,
+)
+from turnpike.controller.metrics import Metrics
+from turnpike.kube import Kube
+from turnpike.kube.resources import POD
+from turnpike.render import selector_labels
+
+Key = tuple[str, str]
+STATUS_FLUSH_SECONDS = 15.0
+
+
+def pod_is_ready(pod: dict[str, Any]) -> bool:
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in pod.get("status", {}).get("conditions", [])
+    )
+
+
+def split_pods(pods: list[dict[str, Any]]) -> tuple[list[PodTarget], int]:
+    """Ready pods with an IP (scrape targets) and the number still starting."""
+    ready: list[PodTarget] = []
+    starting = 0
+    for pod in pods:
+        if pod["metadata"].get("deletionTimestamp"):
+            continue
+        ip = pod.get("status", {}).get("podIP")
+        if pod_is_ready(pod) and ip:
+            ready.append(PodTarget(pod["metadata"]["name"], ip))
+        elif pod.get("status", {}).get("phase") in (None, "Pending", "Running"):
+            starting += 1
+    return sorted(ready, key=lambda t: t.name), starting
+
+
+@dataclass
+class _State:
+    source: MetricsSource
+    source_kind: tuple[str, str | None, str | None]
+    history: History
+    flushed_at: float = 0.0
+
+
+@dataclass
+class Tick:
+    decision: Decision
+    ready: int
+    starting: int
+    flush: bool
+
+
+@dataclass
+class Autoscaler:
+    kube: Kube
+    metrics: Metrics
+    clock: Callable[[], float] = time.time
+    metrics_port: int = 8002
+    _session: aiohttp.ClientSession | None = None
+    _states: dict[Key, _State] = field(default_factory=dict)
+
+    def _source(self, key: Key, md: ModelDeployment, stored: ModelDeploymentStatus) -> _State:
+        spec = md.spec.autoscaling
+        kind = (spec.source.value, spec.prometheus_url, md.spec.model.name)
+        state = self._states.get(key)
+        if state is not None and state.source_kind == kind:
+            return state
+        if self._session is None:
+            self._session = new_session()
+        source: MetricsSource
+        if spec.source is SourceKind.PROMETHEUS and spec.prometheus_url:
+            source = PrometheusSource(
+                spec.prometheus_url,
+                namespace=key[0],
+                model=md.spec.model.name,
+                session=self._session,
+            )
+        else:
+            source = PodScrapeSource(
+                model=md.spec.model.name,
+                port=self.metrics_port,
+                session=self._session,
+                clock=self.clock,
+            )
+        raw = stored.autoscaler.to_k8s() if stored.autoscaler is not None else None
+        history = state.history if state is not None else History.restore(raw, spec.metric.value)
+        state = _State(source, kind, history)
+        self._states[key] = state
+        return state
+
+    async def tick(
+        self,
+        key: Key,
+        md: ModelDeployment,
+        stored: ModelDeploymentStatus,
+        current: int,
+        budget: int | None = None,
+    ) -> Tick:
+        state = self._source(key, md, stored)
+        selector = ",".join(f"{k}={v}" for k, v in sorted(selector_labels(md).items()))
+        pods = await self.kube.list(POD, key[0], label_selector=selector)
+        targets, starting = split_pods(pods)
+        observation = await state.source.sample(targets) if targets else None
+        params = Params.from_spec(
+            md.spec.autoscaling,
+            min_replicas=md.spec.min_replicas,
+            max_replicas=md.spec.max_replicas,
+        )
+        now = self.clock()
+        decision = decide(
+            params,
+            current=current,
+            ready=len(targets),
+            starting=starting,
+            history=state.history,
+            now=now,
+            observation=observation,
+            budget=budget,
+        )
+        state.history = decision.history
+        flush = decision.changed or now - state.flushed_at >= STATUS_FLUSH_SECONDS
+        if flush:
+            state.flushed_at = now
+        labels = (key[0], key[1])
+        if decision.per_replica is not None:
+            self.metrics.queue_depth.labels(*labels).set(decision.per_replica)
+        self.metrics.desired_replicas.labels(*labels).set(decision.replicas)
+        self.metrics.ready_replicas.labels(*labels).set(len(targets))
+        self.metrics.scaling_decisions.labels(decision.direction).inc()
+        return Tick(decision, len(targets), starting, flush)
+
+    def forget(self, key: Key) -> None:
+        self._states.pop(key, None)
+        for gauge in (
+            self.metrics.queue_depth,
+            self.metrics.desired_replicas,
+            self.metrics.ready_replicas,
+        ):
+            with contextlib.suppress(KeyError):
+                gauge.remove(*key)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def history_status(history: History) -> AutoscalerHistory:
+    return AutoscalerHistory.model_validate(history.to_dict())
