@@ -38,6 +38,7 @@ kubeconfig: setup ## print the local cluster's kubeconfig path
 .PHONY: crds
 crds: setup ## regenerate crds/ from the pydantic models
 	$(PY) -m turnpike.api.crdgen crds/
+	$(PY) -m turnpike.api.docgen docs/api-reference.md
 
 .PHONY: lint
 lint: setup ## ruff and mypy --strict
@@ -48,3 +49,8 @@ lint: setup ## ruff and mypy --strict
 test: setup lint ## everything CI runs: lint, unit, integration and e2e tests on the local cluster
 	hack/build-cluster.sh >/dev/null
 	$(VENV)/bin/pytest -ra --durations=15 tests
+
+.PHONY: bench-reconcile
+bench-reconcile: setup ## create 100 and 1,000 ModelDeployments; print latency, RSS, CPU
+	hack/build-cluster.sh >/dev/null
+	$(PY) bench/reconcile.py

@@ -40,7 +40,6 @@ import math
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -245,7 +244,9 @@ async def run_load(
         for index, phase in enumerate(phases):
             if budget.reason is not None or time.monotonic() >= hard_deadline:
                 break
-            stats = PhaseStats(index=index, duration_s=phase.duration_s, concurrency=phase.concurrency)
+            stats = PhaseStats(
+                index=index, duration_s=phase.duration_s, concurrency=phase.concurrency
+            )
             stats_all.append(stats)
             if progress is not None:
                 progress.append(stats)

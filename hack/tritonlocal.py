@@ -457,8 +457,7 @@ class TritonServer:
                 return
             if time.monotonic() >= deadline:
                 raise TritonError(
-                    f"tritonserver not ready within {self.startup_timeout_s:g}s:\n"
-                    f"{self.log_tail()}"
+                    f"tritonserver not ready within {self.startup_timeout_s:g}s:\n{self.log_tail()}"
                 )
             time.sleep(0.05)  # poll interval, bounded by the deadline above
 

@@ -1,0 +1,330 @@
+"""A GPU-served request queue with replicas that take minutes to become ready.
+
+The model, per simulated run:
+
+* Requests arrive at the times of a :class:`~bench.autoscale_sim.traces.Trace`
+  and join one FIFO queue shared by all ready replicas (a load balancer that
+  always finds a free slot if there is one).
+* A ready replica serves up to ``slots`` requests at once (Triton's in-flight
+  batch slots); each request holds a slot for its own service time. A request
+  that finds no free slot waits; its *queue wait* is the time from arrival to
+  the start of service.
+* Triton's queue depth is the number of requests accepted but not started:
+  the length of that queue, which the autoscalers see summed or per replica.
+* A new replica holds its GPU from the moment it is created and serves only
+  after ``load_s`` (scheduling, image, model load). Removing replicas takes
+  loading ones first (newest first, as a ReplicaSet does), then the newest
+  ready ones; a removed ready replica takes no new work and frees its GPU
+  when its in-flight requests finish.
+
+Time advances in steps of ``dt`` for the control plane (replicas becoming
+ready, autoscaler ticks); within a step, arrivals and completions are handled
+in exact time order, so a slot freed mid-step is reused at once. A run is a
+pure function of the trace, the policy and the parameters.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from bench.autoscale_sim.traces import Trace
+
+_EPS = 1e-6
+
+
+@dataclass(frozen=True, slots=True)
+class ServingModel:
+    """Parameters of the served model and the simulation itself."""
+
+    slots: int = 8
+    load_s: float = 90.0
+    slo_wait_s: float = 2.0
+    slo_target: float = 0.99
+    dt: float = 0.1
+    sample_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.slots < 1 or self.load_s < 0 or self.dt <= 0 or self.sample_s < self.dt:
+            raise ValueError("need slots >= 1, load_s >= 0, dt > 0 and sample_s >= dt")
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterView:
+    """What an autoscaler may look at when it ticks (it picks what it uses).
+
+    ``ready`` and ``loading`` are pod ids; ``ready`` excludes draining pods,
+    which Kubernetes has already taken out of the Service's endpoints.
+    ``concurrency_area`` is the integral of (in-flight + queued requests)
+    over time up to ``now``: the difference of two readings divided by the
+    interval is the time-averaged concurrency a Knative queue-proxy reports.
+    """
+
+    now: float
+    spec_replicas: int
+    ready: tuple[int, ...]
+    loading: tuple[int, ...]
+    queue: int
+    in_service: int
+    concurrency_area: float
+
+
+class Autoscaler(Protocol):
+    """A policy under test. ``tick`` runs whenever ``now >= next_tick``."""
+
+    name: str
+    next_tick: float
+
+    def tick(self, view: ClusterView) -> int | None:
+        """The replica count to set (None: leave it); must advance ``next_tick``."""
+        ...
+
+
+@dataclass(slots=True)
+class Series:
+    """Fleet state sampled every ``ServingModel.sample_s`` seconds."""
+
+    t: list[float] = field(default_factory=list)
+    spec: list[int] = field(default_factory=list)
+    holding: list[int] = field(default_factory=list)
+    ready: list[int] = field(default_factory=list)
+    queue: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One policy on one trace."""
+
+    policy: str
+    trace: str
+    model: ServingModel
+    duration_s: float
+    waits: npt.NDArray[np.float64]
+    arrived: int
+    completed: int
+    in_service_at_end: int
+    queued_at_end: int
+    gpu_seconds: float
+    actions: int
+    pods_started: int
+    series: Series
+
+    @property
+    def started(self) -> int:
+        return self.arrived - self.queued_at_end
+
+    @property
+    def slo_attainment(self) -> float:
+        """Fraction of arrived requests whose queue wait was within the SLO.
+
+        A request still queued at the end counts with its wait so far, a
+        lower bound, so a backlog at the end is never flattering.
+        """
+        if self.arrived == 0:
+            return 1.0
+        return float(np.count_nonzero(self.waits <= self.model.slo_wait_s + _EPS)) / self.arrived
+
+    @property
+    def meets_slo(self) -> bool:
+        return self.slo_attainment >= self.model.slo_target
+
+    def wait_percentile(self, q: float) -> float:
+        return float(np.percentile(self.waits, q)) if self.arrived else 0.0
+
+    @property
+    def replica_hours(self) -> float:
+        return self.gpu_seconds / 3600.0
+
+    @property
+    def mean_replicas(self) -> float:
+        return self.gpu_seconds / self.duration_s
+
+
+def simulate(
+    trace: Trace,
+    policy: Autoscaler,
+    model: ServingModel | None = None,
+    *,
+    initial_replicas: int = 1,
+) -> Result:
+    """Replay ``trace`` against ``policy``; ``initial_replicas`` start ready."""
+    m = model or ServingModel()
+    slots = m.slots
+    dt = m.dt
+    load_s = m.load_s
+    arrivals = trace.arrivals
+    service = trace.service_s
+    n = len(arrivals)
+    duration = trace.duration_s
+    steps = round(duration / dt)
+    sample_every = max(1, round(m.sample_s / dt))
+
+    waits = [math.nan] * n
+    queue: deque[int] = deque()
+    heap: list[tuple[float, int]] = []  # (finish time, pod id)
+    # Per pod, indexed by id.
+    busy: list[int] = []
+    created: list[float] = []
+    ready_at: list[float] = []
+    loading: dict[int, None] = {}  # in creation order
+    ready: dict[int, None] = {}  # in order of becoming ready
+    draining: set[int] = set()
+    free: dict[int, None] = {}  # ready pods with a free slot
+    gpu_seconds = 0.0
+    actions = 0
+    pods_started = 0
+    completed = 0
+    level = 0  # in-flight + queued
+    area = 0.0
+    area_t = 0.0
+    idx = 0
+    series = Series()
+
+    def new_pod(now: float) -> int:
+        busy.append(0)
+        created.append(now)
+        ready_at.append(now + load_s)
+        return len(busy) - 1
+
+    for _ in range(initial_replicas):
+        pid = new_pod(0.0)
+        ready_at[pid] = 0.0
+        loading[pid] = None
+
+    def start(i: int, pid: int, now: float) -> None:
+        waits[i] = now - arrivals[i]
+        busy[pid] += 1
+        heapq.heappush(heap, (now + service[i], pid))
+
+    def make_ready(pid: int, now: float) -> None:
+        del loading[pid]
+        ready[pid] = None
+        while queue and busy[pid] < slots:
+            start(queue.popleft(), pid, now)
+        if busy[pid] < slots:
+            free[pid] = None
+
+    def scale_to(desired: int, now: float) -> None:
+        nonlocal gpu_seconds, pods_started
+        current = len(loading) + len(ready)
+        if desired > current:
+            for _ in range(desired - current):
+                loading[new_pod(now)] = None
+            pods_started += desired - current
+            return
+        remove = current - desired
+        for pid in reversed(list(loading)):
+            if remove == 0:
+                break
+            del loading[pid]
+            gpu_seconds += now - created[pid]
+            remove -= 1
+        for pid in reversed(list(ready)):
+            if remove == 0:
+                break
+            del ready[pid]
+            free.pop(pid, None)
+            if busy[pid] == 0:
+                gpu_seconds += now - created[pid]
+            else:
+                draining.add(pid)
+            remove -= 1
+
+    for k in range(steps):
+        t = k * dt
+        t_end = t + dt
+        # Control plane at the start of the step.
+        while loading:
+            pid = next(iter(loading))
+            if ready_at[pid] > t + _EPS:
+                break
+            make_ready(pid, t)
+        while policy.next_tick <= t + _EPS:
+            before = policy.next_tick
+            view = ClusterView(
+                now=t,
+                spec_replicas=len(loading) + len(ready),
+                ready=tuple(ready),
+                loading=tuple(loading),
+                queue=len(queue),
+                in_service=len(heap),
+                concurrency_area=area + level * (t - area_t),
+            )
+            desired = policy.tick(view)
+            if policy.next_tick <= before:
+                raise RuntimeError(f"policy {policy.name} did not advance next_tick")
+            if desired is not None:
+                if desired < 0:
+                    raise ValueError(f"policy {policy.name} asked for {desired} replicas")
+                if desired != view.spec_replicas:
+                    actions += 1
+                    scale_to(desired, t)
+        if k % sample_every == 0:
+            series.t.append(t)
+            series.spec.append(len(loading) + len(ready))
+            series.holding.append(len(loading) + len(ready) + len(draining))
+            series.ready.append(len(ready))
+            series.queue.append(len(queue))
+
+        # Requests within [t, t_end), in time order.
+        while True:
+            ta = arrivals[idx] if idx < n else math.inf
+            tc = heap[0][0] if heap else math.inf
+            if tc <= ta:
+                if tc >= t_end:
+                    break
+                _, pid = heapq.heappop(heap)
+                area += level * (tc - area_t)
+                area_t = tc
+                level -= 1
+                completed += 1
+                busy[pid] -= 1
+                if pid in draining:
+                    if busy[pid] == 0:
+                        draining.discard(pid)
+                        gpu_seconds += tc - created[pid]
+                elif queue:
+                    start(queue.popleft(), pid, tc)
+                else:
+                    free[pid] = None
+            else:
+                if ta >= t_end:
+                    break
+                area += level * (ta - area_t)
+                area_t = ta
+                level += 1
+                if free:
+                    pid = next(iter(free))
+                    start(idx, pid, ta)
+                    if busy[pid] >= slots:
+                        del free[pid]
+                else:
+                    queue.append(idx)
+                idx += 1
+
+    end = steps * dt
+    for pid in (*loading, *ready, *draining):
+        gpu_seconds += end - created[pid]
+    for i in queue:
+        waits[i] = end - arrivals[i]
+    return Result(
+        policy=policy.name,
+        trace=trace.name,
+        model=m,
+        duration_s=end,
+        waits=np.asarray(waits[:idx], dtype=np.float64),
+        arrived=idx,
+        completed=completed,
+        in_service_at_end=len(heap),
+        queued_at_end=len(queue),
+        gpu_seconds=gpu_seconds,
+        actions=actions,
+        pods_started=pods_started,
+        series=series,
+    )
