@@ -7,7 +7,7 @@ itself: at the end of the schedule, after ``max_requests`` requests in all,
 at ``max_total_s`` (default: the schedule's length plus one request timeout),
 or when ``stop`` is set. A request still in flight when its phase ends is
 allowed to finish (bounded by ``request_timeout_s``) and counts in the phase
-that sent it.
+that sent it; one cut off by ``max_total_s`` counts as ``cancelled``.
 
     from hack import loadgen
 
@@ -40,8 +40,9 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 MODEL = "sleepy"
 DEFAULT_MAX_REQUESTS = 100_000
@@ -68,6 +69,7 @@ class PhaseStats:
     sent: int = 0
     ok: int = 0
     failed: int = 0
+    cancelled: int = 0  # in flight when max_total_s ran out: neither ok nor failed
     elapsed_s: float = 0.0
     p50_ms: float | None = None
     p99_ms: float | None = None
@@ -156,7 +158,7 @@ class _Budget:
 
 
 async def run_load(
-    targets: Sequence[str],
+    targets: Sequence[str] | Callable[[], Sequence[str]],
     schedule: Sequence[Phase | tuple[float, int]],
     *,
     model: str = MODEL,
@@ -177,7 +179,10 @@ async def run_load(
     import numpy as np
     import tritonclient.http.aio as aioclient
 
-    if not targets:
+    # A callable gives the targets of the moment (pods come and go while a
+    # fleet scales); a plain list is fixed for the run.
+    current_targets = targets if callable(targets) else (lambda: targets)
+    if not current_targets():
         raise ValueError("no targets")
     if max_requests < 0 or request_timeout_s <= 0 or size < 1:
         raise ValueError("max_requests >= 0, request_timeout_s > 0 and size >= 1 required")
@@ -188,20 +193,30 @@ async def run_load(
     hard_deadline = began + limit_s
     budget = _Budget(max_requests, stop)
     peak = max(p.concurrency for p in phases)
-    # One client per target; each owns an aiohttp pool big enough for the peak.
-    clients = [
-        aioclient.InferenceServerClient(
-            url=target, conn_limit=max(peak, 1), conn_timeout=request_timeout_s
-        )
-        for target in targets
-    ]
+    # One client per target, made on first use; each owns a pool big enough for the peak.
+    clients: dict[str, Any] = {}
+
+    def client_for(target: str) -> Any:
+        if target not in clients:
+            clients[target] = aioclient.InferenceServerClient(
+                url=target, conn_limit=max(peak, 1), conn_timeout=request_timeout_s
+            )
+        return clients[target]
+
     data = np.ones(size, dtype=np.float32)
     next_target = 0
     stats_all: list[PhaseStats] = []
 
     async def one_request(stats: PhaseStats) -> None:
         nonlocal next_target
-        client = clients[next_target % len(clients)]
+        live = current_targets()
+        if not live:
+            stats.sent += 1
+            stats.failed += 1
+            stats.errors["no targets"] = stats.errors.get("no targets", 0) + 1
+            await asyncio.sleep(0.1)
+            return
+        client = client_for(live[next_target % len(live)])
         next_target += 1
         tensor = aioclient.InferInput(input_name, [size], "FP32")
         tensor.set_data_from_numpy(data)
@@ -214,7 +229,7 @@ async def run_load(
                 timeout=request_timeout_s,
             )
         except asyncio.CancelledError:
-            stats.failed += 1
+            stats.cancelled += 1
             raise
         except Exception as exc:  # every failure counts; the text says which
             stats.failed += 1
@@ -270,7 +285,7 @@ async def run_load(
             stats.elapsed_s = time.monotonic() - phase_start
             _finish(stats)
     finally:
-        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+        await asyncio.gather(*(c.close() for c in clients.values()), return_exceptions=True)
         for stats in stats_all:
             _finish(stats)
 

@@ -170,6 +170,7 @@ def prepare(workdir: Path | str | None = None) -> Layout:
     if not _layout_ok(marker, fingerprint):
         root.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+        staging.chmod(0o755)
         try:
             python_dir = staging / "backends" / "python"
             shutil.copytree(
@@ -313,7 +314,7 @@ class TritonServer:
     """One tritonserver process on a loopback IP; a context manager.
 
     ``start()`` returns once ``/v2/health/ready`` answers 200 (every model
-    loaded) or raises :class:`TritonError` with the log's tail when the
+    loaded) and ``/metrics`` answers, or raises :class:`TritonError` with the log's tail when the
     process exits or ``startup_timeout_s`` passes. ``stop()`` sends SIGTERM,
     waits ``stop_timeout_s``, then SIGKILLs the process group (the server
     runs in its own session, with its backend stubs), and checks that no
@@ -453,7 +454,8 @@ class TritonServer:
                 raise TritonError(
                     f"tritonserver exited with {code} before it was ready:\n{self.log_tail()}"
                 )
-            if self.ready(timeout_s=1.0):
+            # HTTP readiness comes a moment before the metrics endpoint listens.
+            if self.ready(timeout_s=1.0) and _http_get(self.metrics_url, 1.0) == 200:
                 return
             if time.monotonic() >= deadline:
                 raise TritonError(

@@ -25,6 +25,7 @@ pure function of the trace, the policy and the parameters.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 from collections import deque
@@ -99,7 +100,12 @@ class Series:
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    """One policy on one trace."""
+    """One policy on one trace, measured after the warm-up.
+
+    ``waits`` and ``arrived`` cover requests that arrived after the warm-up;
+    ``total_arrived``, ``completed`` and the end counts cover the whole run,
+    so ``total_arrived == completed + in_service_at_end + queued_at_end``.
+    """
 
     policy: str
     trace: str
@@ -107,6 +113,7 @@ class Result:
     duration_s: float
     waits: npt.NDArray[np.float64]
     arrived: int
+    total_arrived: int
     completed: int
     in_service_at_end: int
     queued_at_end: int
@@ -114,10 +121,6 @@ class Result:
     actions: int
     pods_started: int
     series: Series
-
-    @property
-    def started(self) -> int:
-        return self.arrived - self.queued_at_end
 
     @property
     def slo_attainment(self) -> float:
@@ -153,7 +156,12 @@ def simulate(
     *,
     initial_replicas: int = 1,
 ) -> Result:
-    """Replay ``trace`` against ``policy``; ``initial_replicas`` start ready."""
+    """Replay ``trace`` against ``policy``; ``initial_replicas`` start ready.
+
+    Everything before ``trace.warmup_s`` is simulated but not measured: no
+    request that arrived then, no GPU time then and no scaling action then
+    counts, and the series start at the end of the warm-up (as time 0).
+    """
     m = model or ServingModel()
     slots = m.slots
     dt = m.dt
@@ -164,6 +172,8 @@ def simulate(
     duration = trace.duration_s
     steps = round(duration / dt)
     sample_every = max(1, round(m.sample_s / dt))
+    warmup = trace.warmup_s
+    first = bisect.bisect_left(arrivals, warmup)
 
     waits = [math.nan] * n
     queue: deque[int] = deque()
@@ -185,6 +195,9 @@ def simulate(
     area_t = 0.0
     idx = 0
     series = Series()
+
+    def held(pid: int, until: float) -> float:
+        return max(0.0, until - max(created[pid], warmup))
 
     def new_pod(now: float) -> int:
         busy.append(0)
@@ -216,14 +229,15 @@ def simulate(
         if desired > current:
             for _ in range(desired - current):
                 loading[new_pod(now)] = None
-            pods_started += desired - current
+            if now >= warmup:
+                pods_started += desired - current
             return
         remove = current - desired
         for pid in reversed(list(loading)):
             if remove == 0:
                 break
             del loading[pid]
-            gpu_seconds += now - created[pid]
+            gpu_seconds += held(pid, now)
             remove -= 1
         for pid in reversed(list(ready)):
             if remove == 0:
@@ -231,14 +245,14 @@ def simulate(
             del ready[pid]
             free.pop(pid, None)
             if busy[pid] == 0:
-                gpu_seconds += now - created[pid]
+                gpu_seconds += held(pid, now)
             else:
                 draining.add(pid)
             remove -= 1
 
     for k in range(steps):
-        t = k * dt
-        t_end = t + dt
+        t = round(k * dt, 6)
+        t_end = round((k + 1) * dt, 6)
         # Control plane at the start of the step.
         while loading:
             pid = next(iter(loading))
@@ -263,10 +277,11 @@ def simulate(
                 if desired < 0:
                     raise ValueError(f"policy {policy.name} asked for {desired} replicas")
                 if desired != view.spec_replicas:
-                    actions += 1
+                    if t >= warmup:
+                        actions += 1
                     scale_to(desired, t)
-        if k % sample_every == 0:
-            series.t.append(t)
+        if k % sample_every == 0 and t >= warmup:
+            series.t.append(t - warmup)
             series.spec.append(len(loading) + len(ready))
             series.holding.append(len(loading) + len(ready) + len(draining))
             series.ready.append(len(ready))
@@ -288,7 +303,7 @@ def simulate(
                 if pid in draining:
                     if busy[pid] == 0:
                         draining.discard(pid)
-                        gpu_seconds += tc - created[pid]
+                        gpu_seconds += held(pid, tc)
                 elif queue:
                     start(queue.popleft(), pid, tc)
                 else:
@@ -310,16 +325,17 @@ def simulate(
 
     end = steps * dt
     for pid in (*loading, *ready, *draining):
-        gpu_seconds += end - created[pid]
+        gpu_seconds += held(pid, end)
     for i in queue:
         waits[i] = end - arrivals[i]
     return Result(
         policy=policy.name,
         trace=trace.name,
         model=m,
-        duration_s=end,
-        waits=np.asarray(waits[:idx], dtype=np.float64),
-        arrived=idx,
+        duration_s=end - warmup,
+        waits=np.asarray(waits[first:idx], dtype=np.float64),
+        arrived=idx - first,
+        total_arrived=idx,
         completed=completed,
         in_service_at_end=len(heap),
         queued_at_end=len(queue),

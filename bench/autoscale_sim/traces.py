@@ -37,6 +37,9 @@ class Trace:
     arrivals: tuple[float, ...]
     service_s: tuple[float, ...]
     seed: int
+    # The first warmup_s seconds replay the initial rate so that every
+    # autoscaler reaches its own operating point; metrics skip them.
+    warmup_s: float = 0.0
 
     def rate_at(self, t: float) -> float:
         i = min(max(int(t // RATE_STEP_S), 0), len(self.rates) - 1)
@@ -59,6 +62,7 @@ def from_rates(
     mean_service_s: float,
     rng: np.random.Generator,
     seed: int,
+    warmup_s: float = 0.0,
 ) -> Trace:
     """Draw Poisson arrivals for a per-second rate profile, and service times."""
     counts = rng.poisson(rates * RATE_STEP_S)
@@ -74,6 +78,7 @@ def from_rates(
         arrivals=tuple(arrivals.tolist()),
         service_s=tuple(service.tolist()),
         seed=seed,
+        warmup_s=warmup_s,
     )
 
 
@@ -127,15 +132,30 @@ TRACES: dict[str, tuple[RateFn, str]] = {
 
 
 def make_trace(
-    name: str, *, duration_s: float = 3600.0, mean_service_s: float = 1.0, seed: int = 7
+    name: str,
+    *,
+    duration_s: float = 3600.0,
+    warmup_s: float = 0.0,
+    mean_service_s: float = 1.0,
+    seed: int = 7,
 ) -> Trace:
-    """One of :data:`TRACES`, deterministic for a given seed."""
+    """One of :data:`TRACES`, deterministic for a given seed.
+
+    ``warmup_s`` seconds at the profile's initial rate come first.
+    """
     rate_fn, description = TRACES[name]
     index = list(TRACES).index(name)
     rng = np.random.default_rng([seed, index])
-    rates = rate_fn(duration_s, rng)
+    profile = rate_fn(duration_s, rng)
+    rates = np.concatenate([np.full(_steps(warmup_s), profile[0]), profile])
     return from_rates(
-        name, description, rates, mean_service_s=mean_service_s, rng=rng, seed=seed
+        name,
+        description,
+        rates,
+        mean_service_s=mean_service_s,
+        rng=rng,
+        seed=seed,
+        warmup_s=warmup_s,
     )
 
 

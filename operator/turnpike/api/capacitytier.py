@@ -248,7 +248,9 @@ class TierConsumer(ApiModel):
     namespace: str
     name: str
     product: str | None = Field(default=None, description="GPU product it asked for, if any.")
-    pool: str = Field(description="gpuBudget entry it draws from.")
+    pool: str | None = Field(
+        default=None, description="gpuBudget entry it draws from; unset when the tier has none."
+    )
     replicas: int = Field(ge=0, description="Replicas the tier grants it.")
     gpus: int = Field(ge=0, description="GPUs the grant holds, rolling-update surge included.")
     limited: bool = Field(default=False, description="It asked for more than it was granted.")
@@ -271,7 +273,9 @@ class CapacityTierStatus(ApiModel):
         default_factory=dict, description="GPUs requested by existing pods, per pool."
     )
     free: dict[str, int] = Field(default_factory=dict, description="GPUs not granted, per pool.")
-    budget_summary: str | None = Field(default=None, description="budget as one line, for kubectl get.")
+    budget_summary: str | None = Field(
+        default=None, description="budget as one line, for kubectl get."
+    )
     granted_summary: str | None = Field(default=None, description="granted as one line.")
     free_summary: str | None = Field(default=None, description="free as one line.")
     consumers: list[TierConsumer] = Field(
@@ -288,8 +292,10 @@ CAPACITY_TIER_NAME_RULES = (
         message="CapacityTier names are DNS labels (at most 63 characters, no dots): "
         "ModelDeployment.spec.tier refers to them",
         # No fieldPath: the CRD schema has no properties under metadata to point at.
-        check=lambda t: len(t.metadata.name) <= 63
-        and re.fullmatch(DNS_LABEL_PATTERN, t.metadata.name) is not None,
+        check=lambda t: (
+            len(t.metadata.name) <= 63
+            and re.fullmatch(DNS_LABEL_PATTERN, t.metadata.name) is not None
+        ),
     ),
 )
 

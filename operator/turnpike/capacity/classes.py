@@ -101,6 +101,7 @@ def priority_class_needs_replacement(existing: dict[str, Any], wanted: dict[str,
 
     The API server defaults an absent preemptionPolicy to PreemptLowerPriority.
     """
-    return existing.get("value") != wanted["value"] or existing.get(
-        "preemptionPolicy", "PreemptLowerPriority"
-    ) != wanted["preemptionPolicy"]
+    value_changed: bool = existing.get("value") != wanted["value"]
+    policy = existing.get("preemptionPolicy", "PreemptLowerPriority")
+    policy_changed: bool = policy != wanted["preemptionPolicy"]
+    return value_changed or policy_changed

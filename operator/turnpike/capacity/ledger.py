@@ -17,6 +17,8 @@ Rules, in the order they are applied:
    replicas whatever the budget says now: budgets shrink, namespaces are
    removed from tiers, tiers are deleted, and in none of these cases does the
    operator kill serving pods; the tier reports the overcommit instead.
+   Scaling down gives GPUs back within the same evaluation: the budget is a
+   logical limit, and waiting for terminating pods is the scheduler's business.
 2. Growth is first come, first served: by creation time, then namespace/name,
    so the order never depends on list order or on which event arrived first.
 3. A deployment that is not running gets at least its floor
@@ -274,9 +276,7 @@ def allowed_replicas(
 
     # 1. What runs and is still wanted stays, whatever else happens.
     for c in ordered:
-        ledger.charge(
-            _pool_or_product(budget, c), gpus_held(c.kept, c.gpus_per_replica, c.rolling)
-        )
+        ledger.charge(_pool_or_product(budget, c), gpus_held(c.kept, c.gpus_per_replica, c.rolling))
 
     # 2. Growth, first come first served, each seeing what the earlier ones left.
     result: dict[ConsumerKey, Allocation] = {}
@@ -375,10 +375,11 @@ def _decide(
             "starting none rather than part of the minimum",
         )
     if fits < desired:
+        left = max(available - gpus_held(fits, g, rolling), 0)
         return result(
             fits,
             REASON_BUDGET_EXHAUSTED,
-            f"{fits} of {desired} replicas granted: pool '{pool}' has {free_now} GPUs free "
-            f"beyond the grant, a replica needs {g}",
+            f"{fits} of {desired} replicas granted: pool '{pool}' has {left} GPUs left "
+            f"and a replica needs {g}",
         )
     return result(fits, REASON_GRANTED, f"{fits} replicas granted")

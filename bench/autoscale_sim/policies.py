@@ -1,0 +1,611 @@
+"""The autoscalers under test, all driven by :func:`bench.autoscale_sim.model.simulate`.
+
+* :class:`TurnpikePolicy` calls the operator's own
+  :func:`turnpike.autoscale.policy.decide` the way the controller does: every
+  ``scrape_interval_s`` it scrapes the ready pods' Triton queue depth
+  directly (an :class:`~turnpike.autoscale.signal.Observation` stamped now)
+  and passes the spec'd, ready and starting replica counts and the history
+  the previous decision returned.
+* :class:`HPAPolicy` is the Kubernetes HPA (``autoscaling/v2``) on a Pods
+  metric (Triton queue depth per pod through Prometheus and the Prometheus
+  Adapter): ``calcPlainMetricReplicas`` with its missing/unready pod rules,
+  then ``stabilizeRecommendationWithBehaviors`` and
+  ``convertDesiredReplicasWithBehaviorRate`` with the documented default
+  behavior.
+* :class:`KEDAPolicy` is KEDA's Prometheus scaler: an External metric with an
+  AverageValue target, fed through the same HPA controller code.
+* :class:`KPAPolicy` is Knative's KPA decider (``autoscaler.Scale``) on
+  time-averaged concurrency with stable and panic windows.
+
+Each re-implementation cites the upstream function it follows; see
+docs/autoscale-sim.md for the parameters and what is simplified.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from turnpike.api.modeldeployment import Autoscaling
+from turnpike.autoscale.history import History
+from turnpike.autoscale.policy import Decision, Params, decide
+from turnpike.autoscale.signal import Observation
+
+from bench.autoscale_sim.model import ClusterView
+
+# Wall clock of simulated time 0 (2026-01-01T00:00:00Z): Turnpike's history
+# keeps epoch milliseconds.
+EPOCH = 1_767_225_600.0
+_EPS = 1e-6
+
+
+def _due(at: float, now: float) -> bool:
+    return at <= now + _EPS
+
+
+# --------------------------------------------------------------------------- #
+# Reference policies for tests and experiments.
+
+
+class StaticPolicy:
+    """A fixed replica count (no autoscaling)."""
+
+    def __init__(self, replicas: int, *, name: str | None = None) -> None:
+        self.replicas = replicas
+        self.name = name or f"static-{replicas}"
+        self.next_tick = 0.0
+
+    def tick(self, view: ClusterView) -> int | None:
+        del view
+        self.next_tick = math.inf
+        return self.replicas
+
+
+class ScriptedPolicy:
+    """Sets the replica count at given times: ``[(t, replicas), ...]``."""
+
+    def __init__(self, script: Sequence[tuple[float, int]], *, name: str = "scripted") -> None:
+        self.script = sorted(script)
+        self.name = name
+        self._i = 0
+        self.next_tick = self.script[0][0] if self.script else math.inf
+
+    def tick(self, view: ClusterView) -> int | None:
+        replicas: int | None = None
+        while self._i < len(self.script) and _due(self.script[self._i][0], view.now):
+            replicas = self.script[self._i][1]
+            self._i += 1
+        self.next_tick = self.script[self._i][0] if self._i < len(self.script) else math.inf
+        return replicas
+
+
+# --------------------------------------------------------------------------- #
+# Turnpike: the real policy.
+
+
+def turnpike_params(max_replicas: int, min_replicas: int = 1) -> Params:
+    """The defaults a ModelDeployment gets: ``Autoscaling()`` with its bounds."""
+    return Params.from_spec(Autoscaling(), min_replicas=min_replicas, max_replicas=max_replicas)
+
+
+class TurnpikePolicy:
+    """``turnpike.autoscale.policy.decide`` with the pod-scrape metrics source.
+
+    The controller's loop: every scrape interval, read every ready pod's
+    Triton ``/metrics`` (here: the queue, which the shared-queue model spreads
+    evenly over ready pods), then decide with ``current`` = spec'd replicas,
+    ``ready`` = ready pods, ``starting`` = pods still loading, and store the
+    returned history for the next tick.
+    """
+
+    def __init__(self, params: Params, *, name: str = "turnpike") -> None:
+        self.params = params
+        self.name = name
+        self.history = History.empty(params.metric)
+        self.next_tick = 0.0
+        self.last: Decision | None = None
+
+    def tick(self, view: ClusterView) -> int | None:
+        now = EPOCH + view.now
+        pods = tuple(f"pod-{pid}" for pid in view.ready)
+        per_pod = view.queue / len(pods) if pods else 0.0
+        observation = Observation(
+            time=now,
+            queue=float(view.queue),
+            pods=pods,
+            queues=dict.fromkeys(pods, per_pod),
+        )
+        decision = decide(
+            self.params,
+            current=view.spec_replicas,
+            ready=len(view.ready),
+            starting=len(view.loading),
+            history=self.history,
+            now=now,
+            observation=observation,
+        )
+        self.history = decision.history
+        self.last = decision
+        self.next_tick += self.params.scrape_interval_s
+        return decision.replicas
+
+
+# --------------------------------------------------------------------------- #
+# Prometheus in front of the HPA and KEDA.
+
+
+class Prometheus:
+    """Scrapes each ready pod's Triton queue depth every ``interval_s``.
+
+    A pod that is still loading has no metrics endpoint yet (Triton starts its
+    metrics server after loading models), so it has no series; a pod that is
+    gone has a stale series and drops out of queries. A query therefore sees
+    the value each *current* pod had at the last scrape, 0 to ``interval_s``
+    old.
+    """
+
+    def __init__(self, interval_s: float = 15.0, offset_s: float = 0.0) -> None:
+        self.interval_s = interval_s
+        self.next_scrape = offset_s
+        self.values: dict[int, float] = {}
+        self.scraped_at: float | None = None
+
+    def advance(self, view: ClusterView) -> None:
+        if not _due(self.next_scrape, view.now):
+            return
+        per_pod = view.queue / len(view.ready) if view.ready else 0.0
+        self.values = dict.fromkeys(view.ready, per_pod)
+        self.scraped_at = view.now
+        while _due(self.next_scrape, view.now):
+            self.next_scrape += self.interval_s
+
+    def per_pod(self, pods: Sequence[int]) -> dict[int, float]:
+        """``sum by (pod) (nv_inference_pending_request_count)`` for live pods."""
+        return {pid: self.values[pid] for pid in pods if pid in self.values}
+
+    def total(self, pods: Sequence[int]) -> float:
+        """``sum(nv_inference_pending_request_count)`` over live pods."""
+        return math.fsum(self.per_pod(pods).values())
+
+
+def _milli(value: float) -> int:
+    """A resource.Quantity's MilliValue (the adapter exposes milli precision)."""
+    return math.ceil(value * 1000 - 1e-9)
+
+
+# --------------------------------------------------------------------------- #
+# The HPA controller (pkg/controller/podautoscaler).
+
+PolicyType = Literal["Pods", "Percent"]
+
+
+@dataclass(frozen=True, slots=True)
+class ScalingPolicy:
+    type: PolicyType
+    value: int
+    period_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class HPABehavior:
+    """``autoscaling/v2`` behavior; the defaults are the documented ones."""
+
+    up_window_s: float = 0.0
+    down_window_s: float = 300.0
+    up_policies: tuple[ScalingPolicy, ...] = (
+        ScalingPolicy("Percent", 100, 15.0),
+        ScalingPolicy("Pods", 4, 15.0),
+    )
+    down_policies: tuple[ScalingPolicy, ...] = (ScalingPolicy("Percent", 100, 15.0),)
+
+
+class HPAController:
+    """One HPA's normalization state: recommendations and scale events."""
+
+    def __init__(
+        self,
+        *,
+        min_replicas: int,
+        max_replicas: int,
+        behavior: HPABehavior | None = None,
+        tolerance: float = 0.1,
+    ) -> None:
+        self.min_replicas = min_replicas
+        self.max_replicas = max_replicas
+        self.behavior = behavior or HPABehavior()
+        self.tolerance = tolerance
+        self.recommendations: list[tuple[float, int]] = []
+        self.up_events: list[tuple[float, int]] = []
+        self.down_events: list[tuple[float, int]] = []
+
+    def within_tolerance(self, ratio: float) -> bool:
+        return abs(1.0 - ratio) <= self.tolerance
+
+    def reconcile(self, now: float, current: int, metric_desired: int | None) -> int:
+        """``reconcileAutoscaler``: the replicas to write to the scale subresource.
+
+        ``metric_desired`` None means the metric could not be computed, and the
+        HPA then leaves the scale alone.
+        """
+        if current > self.max_replicas:
+            desired = self.max_replicas
+        elif current < self.min_replicas:
+            desired = self.min_replicas
+        elif metric_desired is None:
+            return current
+        else:
+            desired = self.normalize(now, current, metric_desired)
+        if desired > current:
+            self.up_events.append((now, desired - current))
+        elif desired < current:
+            self.down_events.append((now, current - desired))
+        self._forget(now)
+        return desired
+
+    def normalize(self, now: float, current: int, desired: int) -> int:
+        """``normalizeDesiredReplicasWithBehaviors``."""
+        stabilized = self._stabilize(now, current, desired)
+        return self._rate_limited(now, current, stabilized)
+
+    def _stabilize(self, now: float, current: int, desired: int) -> int:
+        """``stabilizeRecommendationWithBehaviors``."""
+        up_rec = down_rec = desired
+        up_cutoff = now - self.behavior.up_window_s
+        down_cutoff = now - self.behavior.down_window_s
+        for t, rec in self.recommendations:
+            if t > up_cutoff:
+                up_rec = min(rec, up_rec)
+            if t > down_cutoff:
+                down_rec = max(rec, down_rec)
+        recommendation = current
+        if recommendation < up_rec:
+            recommendation = up_rec
+        if recommendation > down_rec:
+            recommendation = down_rec
+        keep_from = now - max(self.behavior.up_window_s, self.behavior.down_window_s)
+        self.recommendations = [(t, r) for t, r in self.recommendations if t >= keep_from]
+        self.recommendations.append((now, desired))
+        return recommendation
+
+    def _rate_limited(self, now: float, current: int, desired: int) -> int:
+        """``convertDesiredReplicasWithBehaviorRate``."""
+        if desired > current:
+            limit = max(self._up_limit(now, current), current)
+            allowed = min(self.max_replicas, limit)
+            return min(desired, allowed)
+        if desired < current:
+            limit = min(self._down_limit(now, current), current)
+            allowed = max(self.min_replicas, limit)
+            return max(desired, allowed)
+        return desired
+
+    def _period_start(self, now: float, current: int, period_s: float) -> int:
+        cutoff = now - period_s
+        added = sum(c for t, c in self.up_events if t > cutoff)
+        deleted = sum(c for t, c in self.down_events if t > cutoff)
+        return current - added + deleted
+
+    def _up_limit(self, now: float, current: int) -> int:
+        """``calculateScaleUpLimitWithScalingRules`` with selectPolicy Max."""
+        result = -(2**31)
+        for p in self.behavior.up_policies:
+            start = self._period_start(now, current, p.period_s)
+            if p.type == "Pods":
+                proposed = start + p.value
+            else:
+                proposed = math.ceil(start * (1 + p.value / 100))
+            result = max(result, proposed)
+        return result
+
+    def _down_limit(self, now: float, current: int) -> int:
+        """``calculateScaleDownLimitWithBehaviors`` with selectPolicy Max."""
+        result = 2**31 - 1
+        for p in self.behavior.down_policies:
+            start = self._period_start(now, current, p.period_s)
+            if p.type == "Pods":
+                proposed = start - p.value
+            else:
+                proposed = int(start * (1 - p.value / 100))
+            result = min(result, proposed)
+        return result
+
+    def _forget(self, now: float) -> None:
+        longest = max(
+            (p.period_s for p in (*self.behavior.up_policies, *self.behavior.down_policies)),
+            default=0.0,
+        )
+        self.up_events = [(t, c) for t, c in self.up_events if t > now - longest]
+        self.down_events = [(t, c) for t, c in self.down_events if t > now - longest]
+
+
+def plain_metric_replicas(
+    *,
+    current: int,
+    metrics: dict[int, int],
+    missing: Sequence[int],
+    target_milli: int,
+    controller: HPAController,
+) -> int | None:
+    """``calcPlainMetricReplicas`` for a Pods metric (values in milli-units).
+
+    ``metrics`` holds the pods that have a value; ``missing`` the live pods
+    that do not (loading pods: Running, unready, no metrics endpoint yet).
+    There are no Pending pods in this model, so no "unready" set.
+    """
+    if not metrics:
+        return None  # "did not receive metrics for targeted pods"
+    ready_count = len(metrics)
+    ratio = (sum(metrics.values()) // len(metrics)) / target_milli
+    if not missing:
+        if controller.within_tolerance(ratio):
+            return current
+        return math.ceil(ratio * ready_count)
+    filled = dict(metrics)
+    if ratio < 1.0:
+        filled.update(dict.fromkeys(missing, target_milli))
+    elif ratio > 1.0:
+        filled.update(dict.fromkeys(missing, 0))
+    new_ratio = (sum(filled.values()) // len(filled)) / target_milli
+    if (
+        controller.within_tolerance(new_ratio)
+        or (ratio < 1.0 < new_ratio)
+        or (ratio > 1.0 > new_ratio)
+    ):
+        return current
+    new_replicas = math.ceil(new_ratio * len(filled))
+    if (new_ratio < 1.0 and new_replicas > current) or (new_ratio > 1.0 and new_replicas < current):
+        return current
+    return new_replicas
+
+
+def external_per_pod_replicas(
+    *, status_replicas: int, usage_milli: int, target_milli: int, controller: HPAController
+) -> int:
+    """``GetExternalPerPodMetricReplicas`` (External metric, AverageValue target)."""
+    ratio = usage_milli / (target_milli * status_replicas)
+    if controller.within_tolerance(ratio):
+        return status_replicas
+    return math.ceil(usage_milli / target_milli)
+
+
+class HPAPolicy:
+    """HPA on a Pods metric: average Triton queue depth per pod, via Prometheus.
+
+    Every ``sync_s`` (the controller's ``--horizontal-pod-autoscaler-sync-period``)
+    it reads the per-pod values the Prometheus Adapter serves (the latest
+    Prometheus scrape), computes the proposal and normalizes it.
+    """
+
+    def __init__(
+        self,
+        *,
+        target: float,
+        min_replicas: int,
+        max_replicas: int,
+        sync_s: float = 15.0,
+        sync_offset_s: float = 7.5,
+        prometheus: Prometheus | None = None,
+        behavior: HPABehavior | None = None,
+        name: str = "hpa",
+    ) -> None:
+        self.name = name
+        self.target_milli = _milli(target)
+        self.sync_s = sync_s
+        self.next_sync = sync_offset_s
+        self.prometheus = prometheus or Prometheus()
+        self.controller = HPAController(
+            min_replicas=min_replicas, max_replicas=max_replicas, behavior=behavior
+        )
+        self.next_tick = min(self.next_sync, self.prometheus.next_scrape)
+
+    def tick(self, view: ClusterView) -> int | None:
+        self.prometheus.advance(view)
+        out: int | None = None
+        if _due(self.next_sync, view.now):
+            self.next_sync += self.sync_s
+            out = self.sync(view)
+        self.next_tick = min(self.next_sync, self.prometheus.next_scrape)
+        return out
+
+    def sync(self, view: ClusterView) -> int:
+        live = (*view.ready, *view.loading)
+        values = self.prometheus.per_pod(live)
+        metrics = {pid: _milli(v) for pid, v in values.items()}
+        missing = [pid for pid in live if pid not in metrics]
+        proposal = plain_metric_replicas(
+            current=view.spec_replicas,
+            metrics=metrics,
+            missing=missing,
+            target_milli=self.target_milli,
+            controller=self.controller,
+        )
+        return self.controller.reconcile(view.now, view.spec_replicas, proposal)
+
+
+class KEDAPolicy:
+    """KEDA's Prometheus scaler feeding an HPA (External metric, AverageValue).
+
+    The query is ``sum(nv_inference_pending_request_count{...})`` and the
+    threshold is the per-replica target. By default (``useCachedMetrics:
+    false``) KEDA's metrics server runs the query whenever the HPA asks, i.e.
+    every HPA sync; ``pollingInterval`` (30 s) then only drives activation
+    (0 ↔ 1), which is off here. With ``cached=True`` the HPA reads the value
+    KEDA cached at its last poll.
+    """
+
+    def __init__(
+        self,
+        *,
+        target: float,
+        min_replicas: int,
+        max_replicas: int,
+        sync_s: float = 15.0,
+        sync_offset_s: float = 7.5,
+        polling_s: float = 30.0,
+        polling_offset_s: float = 7.5,
+        cached: bool = False,
+        prometheus: Prometheus | None = None,
+        behavior: HPABehavior | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.name = name or ("keda-cached" if cached else "keda")
+        self.target_milli = _milli(target)
+        self.sync_s = sync_s
+        self.next_sync = sync_offset_s
+        self.polling_s = polling_s
+        self.cached = cached
+        self.next_poll = polling_offset_s if cached else math.inf
+        self.cache: float | None = None
+        self.prometheus = prometheus or Prometheus()
+        self.controller = HPAController(
+            min_replicas=min_replicas, max_replicas=max_replicas, behavior=behavior
+        )
+        self.next_tick = self._next()
+
+    def _next(self) -> float:
+        return min(self.next_sync, self.next_poll, self.prometheus.next_scrape)
+
+    def tick(self, view: ClusterView) -> int | None:
+        self.prometheus.advance(view)
+        live = (*view.ready, *view.loading)
+        if _due(self.next_poll, view.now):
+            self.next_poll += self.polling_s
+            self.cache = self.prometheus.total(live)
+        out: int | None = None
+        if _due(self.next_sync, view.now):
+            self.next_sync += self.sync_s
+            value = self.cache if self.cached else self.prometheus.total(live)
+            proposal = None
+            if value is not None and view.spec_replicas > 0:
+                proposal = external_per_pod_replicas(
+                    status_replicas=view.spec_replicas,
+                    usage_milli=_milli(value),
+                    target_milli=self.target_milli,
+                    controller=self.controller,
+                )
+            out = self.controller.reconcile(view.now, view.spec_replicas, proposal)
+        self.next_tick = self._next()
+        return out
+
+
+# --------------------------------------------------------------------------- #
+# Knative KPA (pkg/autoscaler/scaling/autoscaler.go).
+
+
+class KPAPolicy:
+    """Knative's KPA decider on concurrency, with the config-autoscaler defaults.
+
+    Every ``scrape_s`` the collector records the revision's total concurrency
+    (in-flight + queued at the pods, time-averaged over the last interval as
+    the queue-proxy reports it) into 1 s buckets; every ``tick_s`` the decider
+    runs ``Scale``: stable and panic window averages, the rate bounds from
+    ready pods, panic mode entered when the panic window wants at least
+    ``panic_threshold`` × the ready pods and left once no such tick happened
+    for a stable window. The reconciler then applies min/max scale.
+    """
+
+    def __init__(
+        self,
+        *,
+        target: float,
+        min_replicas: int,
+        max_replicas: int,
+        stable_window_s: float = 60.0,
+        panic_window_pct: float = 10.0,
+        panic_threshold: float = 2.0,
+        max_scale_up_rate: float = 1000.0,
+        max_scale_down_rate: float = 2.0,
+        scale_down_delay_s: float = 0.0,
+        tick_s: float = 2.0,
+        scrape_s: float = 1.0,
+        name: str = "kpa",
+    ) -> None:
+        self.name = name
+        self.target = target
+        self.min_replicas = min_replicas
+        self.max_replicas = max_replicas
+        self.stable_buckets = round(stable_window_s / scrape_s)
+        self.panic_buckets = max(1, round(stable_window_s * panic_window_pct / 100 / scrape_s))
+        self.stable_window_s = stable_window_s
+        self.panic_threshold = panic_threshold
+        self.max_scale_up_rate = max_scale_up_rate
+        self.max_scale_down_rate = max_scale_down_rate
+        self.scale_down_delay_s = scale_down_delay_s
+        self.tick_s = tick_s
+        self.scrape_s = scrape_s
+        self.buckets: deque[float] = deque(maxlen=self.stable_buckets)
+        self.next_scrape = scrape_s
+        self.next_decide = tick_s
+        self.next_tick = min(self.next_scrape, self.next_decide)
+        self._area = 0.0
+        self._area_t = 0.0
+        self.panic_time: float | None = None
+        self.max_panic_pods = 0
+        self.delay_window: list[tuple[float, int]] = []
+        self.panic_log: list[tuple[float, bool]] = []
+        self.last_stable = 0.0
+        self.last_panic = 0.0
+
+    @property
+    def panicking(self) -> bool:
+        return self.panic_time is not None
+
+    def tick(self, view: ClusterView) -> int | None:
+        if _due(self.next_scrape, view.now):
+            span = view.now - self._area_t
+            if span > 0:
+                self.buckets.append((view.concurrency_area - self._area) / span)
+            self._area, self._area_t = view.concurrency_area, view.now
+            self.next_scrape += self.scrape_s
+        out: int | None = None
+        if _due(self.next_decide, view.now):
+            self.next_decide += self.tick_s
+            out = self.scale(view.now, len(view.ready))
+        self.next_tick = min(self.next_scrape, self.next_decide)
+        return out
+
+    def window_average(self, buckets: int) -> float:
+        if not self.buckets:
+            return 0.0
+        values = list(self.buckets)[-buckets:]
+        return math.fsum(values) / len(values)
+
+    def scale(self, now: float, ready: int) -> int | None:
+        """``autoscaler.Scale`` and the reconciler's min/max bounds."""
+        if not self.buckets:
+            return None  # no data yet: the decider reports an invalid result
+        ready_pods = max(1.0, float(ready))
+        stable = self.last_stable = self.window_average(self.stable_buckets)
+        panic = self.last_panic = self.window_average(self.panic_buckets)
+        max_up = math.ceil(self.max_scale_up_rate * ready_pods)
+        max_down = math.floor(ready_pods / self.max_scale_down_rate)
+        dspc = math.ceil(stable / self.target)
+        dppc = math.ceil(panic / self.target)
+        desired_stable = int(min(max(dspc, max_down), max_up))
+        desired_panic = int(min(max(dppc, max_down), max_up))
+        over = dppc / ready_pods >= self.panic_threshold
+        if self.panic_time is None and over:
+            self.panic_time = now
+            self.panic_log.append((now, True))
+        elif over:
+            self.panic_time = now
+        elif self.panic_time is not None and self.panic_time + self.stable_window_s < now:
+            self.panic_time = None
+            self.max_panic_pods = 0
+            self.panic_log.append((now, False))
+        desired = desired_stable
+        if self.panic_time is not None:
+            desired = max(desired, desired_panic)
+            if desired > self.max_panic_pods:
+                self.max_panic_pods = desired
+            desired = self.max_panic_pods
+        if self.scale_down_delay_s > 0:
+            self.delay_window = [
+                (t, d) for t, d in self.delay_window if t > now - self.scale_down_delay_s
+            ]
+            self.delay_window.append((now, desired))
+            desired = max(d for _, d in self.delay_window)
+        return min(max(desired, self.min_replicas), self.max_replicas)

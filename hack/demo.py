@@ -1,0 +1,333 @@
+"""`make demo`: the whole loop on one machine, no GPU needed.
+
+1. Start the local cluster (fake H100/A100 nodes, compiled once and cached).
+2. Install the CRDs and run the operator (`turnpike run`) against it.
+3. Apply a queue-autoscaled ModelDeployment.
+4. For every pod kwok marks Running, start a real Triton on the CPU bound to
+   that pod's 127.x IP (the "loopback kubelet"), so the operator's metric
+   scraping reads real Triton queues.
+5. Send a bounded load ramp (up, plateau, burst, down) to the ready Tritons
+   and show queue depth, replicas and every scaling decision live.
+6. Write a summary and a PNG timeline, then stop everything (Ctrl-C too);
+   `--keep` leaves the cluster up to explore with kubectl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO / "operator"), str(REPO)]
+
+from tests.kubectl import Kubectl  # noqa: E402
+from tests.operator_process import OperatorProcess, start_operator  # noqa: E402
+
+from hack import loadgen, localcluster  # noqa: E402
+from hack.loopback_kubelet import LoopbackKubelet  # noqa: E402
+
+NAMESPACE = "turnpike-demo"
+NAME = "demo-llm"
+SELECTOR = f"turnpike.dev/model-deployment={NAME}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Load phases (seconds, concurrent requests) and autoscaling windows."""
+
+    phases: tuple[tuple[str, float, int], ...]
+    stabilization_s: int
+    service_time_ms: float = 50.0
+    target: float = 4.0
+    max_replicas: int = 6
+
+
+FULL = Plan(
+    phases=(("warm-up", 20, 2), ("ramp", 30, 12), ("plateau", 40, 24), ("burst", 20, 48),
+            ("cool-down", 80, 1)),
+    stabilization_s=30,
+)
+QUICK = Plan(
+    phases=(("ramp", 10, 8), ("burst", 25, 40), ("cool-down", 45, 0)),
+    stabilization_s=10,
+)
+
+
+def model_deployment(plan: Plan) -> dict[str, Any]:
+    return {
+        "apiVersion": "turnpike.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": NAME, "namespace": NAMESPACE},
+        "spec": {
+            # The repository URI is what a real cluster would read; here the
+            # loopback kubelet serves hack/triton/model_repository instead.
+            "model": {"uri": "s3://demo/sleepy", "backend": "python", "name": "sleepy"},
+            "gpu": {"product": "NVIDIA-H100-80GB-HBM3"},
+            "minReplicas": 1,
+            "maxReplicas": plan.max_replicas,
+            "autoscaling": {
+                "enabled": True,
+                "target": plan.target,
+                "scrapeIntervalSeconds": 1,
+                "panicWindowSeconds": 4,
+                "stabilizationWindowSeconds": plan.stabilization_s,
+            },
+        },
+    }
+
+
+@dataclass
+class Point:
+    t: float
+    phase: str
+    concurrency: int
+    queue: float | None
+    desired: int
+    ready: int
+    tritons: int
+
+
+@dataclass
+class Timeline:
+    points: list[Point] = field(default_factory=list)
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+
+
+def metric(samples: dict[str, float], name: str) -> float | None:
+    for key, value in samples.items():
+        if key.startswith(name + "{") and f"name={NAME}" in key:
+            return value
+    return None
+
+
+def scaling_events(kubectl: Kubectl) -> list[dict[str, Any]]:
+    events = kubectl.items("events", "-n", NAMESPACE, "--field-selector",
+                           f"involvedObject.name={NAME}")
+    out = [{"time": e.get("lastTimestamp") or e.get("eventTime"), "reason": e["reason"],
+            "message": e["message"]}
+           for e in events if e["reason"] in ("ScaledUp", "ScaledDown")]
+    return sorted(out, key=lambda e: str(e["time"]))
+
+
+class View:
+    """The live terminal view: one line per second, decisions as they happen."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.tty = sys.stdout.isatty()
+
+    def header(self) -> None:
+        print(f"{'time':>5}  {'phase':<10} {'load':>4}  {'queue/replica':>13}  "
+              f"{'desired':>7}  {'ready':>5}  {'tritons':>7}")
+
+    def line(self, p: Point) -> None:
+        queue = "-" if p.queue is None else f"{p.queue:.1f}"
+        bar = "#" * min(40, round(p.queue or 0))
+        print(f"{p.t:5.0f}s {p.phase:<10} {p.concurrency:>4}  {queue:>13}  {p.desired:>7}  "
+              f"{p.ready:>5}  {p.tritons:>7}  {bar}", flush=True)
+
+    def decisions(self, events: list[dict[str, Any]]) -> None:
+        for e in events:
+            key = f"{e['time']}{e['message']}"
+            if key not in self.seen:
+                self.seen.add(key)
+                arrow = "▲" if e["reason"] == "ScaledUp" else "▼"
+                print(f"       {arrow} {e['reason']}: {e['message']}", flush=True)
+
+
+def plot(timeline: Timeline, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [p.t for p in timeline.points]
+    fig, axes = plt.subplots(3, 1, sharex=True, figsize=(10, 7))
+    axes[0].plot(t, [p.concurrency for p in timeline.points], color="tab:gray")
+    axes[0].set_ylabel("load\n(in-flight requests)")
+    axes[1].plot(t, [p.queue if p.queue is not None else float("nan")
+                     for p in timeline.points], color="tab:red")
+    axes[1].set_ylabel("Triton queue\nper replica")
+    axes[2].step(t, [p.desired for p in timeline.points], where="post", label="desired")
+    axes[2].step(t, [p.ready for p in timeline.points], where="post", label="ready")
+    axes[2].set_ylabel("replicas")
+    axes[2].set_xlabel("seconds since load start")
+    axes[2].legend(loc="upper left")
+    for point_a, point_b in zip(timeline.points, timeline.points[1:], strict=False):
+        if point_b.desired != point_a.desired:
+            color = "tab:green" if point_b.desired > point_a.desired else "tab:blue"
+            for ax in axes:
+                ax.axvline(point_b.t, color=color, alpha=0.3, linestyle="--")
+    fig.suptitle("Turnpike demo: queue-depth autoscaling on real Triton servers "
+                 "(green: scale-up, blue: scale-down)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_demo(plan: Plan, out: Path, keep: bool, stop: threading.Event) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    was_running = localcluster.running() is not None
+    print("==> local cluster (compiled once, cached)", flush=True)
+    cluster = localcluster.ensure()
+    kubectl = Kubectl(cluster.kubectl(), cluster.kubeconfig)
+    operator: OperatorProcess | None = None
+    kubelet: LoopbackKubelet | None = None
+    timeline = Timeline()
+    load_result: loadgen.LoadResult | None = None
+    started_cluster = cluster.bin_dir is not None and not was_running
+    try:
+        print("==> CRDs and the operator", flush=True)
+        kubectl.run("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+        kubectl.run("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+        operator = start_operator(cluster.kubeconfig, out / "operator.log")
+        kubectl.run("delete", "namespace", NAMESPACE, "--ignore-not-found", "--timeout=120s",
+                    timeout=150)
+        kubectl.run("create", "namespace", NAMESPACE)
+        print(f"==> ModelDeployment {NAMESPACE}/{NAME} (autoscaled 1..{plan.max_replicas}, "
+              f"target {plan.target:g} queued per replica)", flush=True)
+        kubectl.apply(model_deployment(plan))
+        kubelet = LoopbackKubelet([cluster.kubectl(), f"--kubeconfig={cluster.kubeconfig}"],
+                                  NAMESPACE, SELECTOR, plan.service_time_ms,
+                                  max_servers=plan.max_replicas + 2, log_dir=out)
+        kubelet.start(lifetime=sum(p[1] for p in plan.phases) + 300)
+        kubectl.run("wait", "--for=condition=Ready", "--timeout=120s", f"md/{NAME}",
+                    "-n", NAMESPACE, timeout=150)
+        deadline = time.monotonic() + 90
+        while not kubelet.ready_targets() and time.monotonic() < deadline and not stop.is_set():
+            time.sleep(0.2)
+        print(f"==> real Triton serving on {', '.join(kubelet.ready_targets())}; load ramp "
+              f"{' → '.join(f'{n} {c}×{d:g}s' for n, d, c in plan.phases)}", flush=True)
+        load_result = drive(plan, kubelet, kubectl, operator, timeline, stop)
+    finally:
+        print("==> stopping", flush=True)
+        if kubelet is not None:
+            kubelet.stop()
+        if operator is not None:
+            operator.stop()
+        if not keep:
+            kubectl.run("delete", "namespace", NAMESPACE, "--wait=false", check=False)
+            if started_cluster:
+                localcluster.down()
+    summary = summarize(plan, timeline, load_result, out)
+    if keep:
+        print(f"\nThe cluster is still up:\n  export KUBECONFIG={cluster.kubeconfig}\n"
+              f"  kubectl get md,deploy,pods -n {NAMESPACE}\n  make cluster-down   # when done")
+    return summary
+
+
+def drive(plan: Plan, kubelet: LoopbackKubelet, kubectl: Kubectl, operator: OperatorProcess,
+          timeline: Timeline, stop: threading.Event) -> loadgen.LoadResult:
+    schedule = [(d, c) for _, d, c in plan.phases]
+    boundaries = []
+    acc = 0.0
+    for name, duration, concurrency in plan.phases:
+        boundaries.append((acc, acc + duration, name, concurrency))
+        acc += duration
+    load_stop = asyncio.Event()
+    result: dict[str, loadgen.LoadResult] = {}
+    loop = asyncio.new_event_loop()
+
+    def load_thread() -> None:
+        result["load"] = loop.run_until_complete(loadgen.run_load(
+            kubelet.ready_targets, schedule, stop=load_stop, max_requests=200_000))
+
+    thread = threading.Thread(target=load_thread, daemon=True)
+    began = time.monotonic()
+    thread.start()
+    view = View()
+    view.header()
+    while thread.is_alive():
+        t = time.monotonic() - began
+        phase = next(((n, c) for a, b, n, c in boundaries if a <= t < b), ("done", 0))
+        try:
+            samples = operator.metrics()
+        except OSError:
+            samples = {}
+        point = Point(t=t, phase=phase[0], concurrency=phase[1],
+                      queue=metric(samples, "turnpike_queue_depth"),
+                      desired=int(metric(samples, "turnpike_desired_replicas") or 0),
+                      ready=int(metric(samples, "turnpike_ready_replicas") or 0),
+                      tritons=len(kubelet.ready_targets()))
+        timeline.points.append(point)
+        view.line(point)
+        with contextlib.suppress(Exception):
+            view.decisions(scaling_events(kubectl))
+        if stop.is_set():
+            loop.call_soon_threadsafe(load_stop.set)
+        thread.join(timeout=1.0)
+    with contextlib.suppress(Exception):
+        timeline.decisions = scaling_events(kubectl)
+        view.decisions(timeline.decisions)
+    loop.close()
+    return result["load"]
+
+
+def summarize(plan: Plan, timeline: Timeline, load: loadgen.LoadResult | None,
+              out: Path) -> dict[str, Any]:
+    ups = [d for d in timeline.decisions if d["reason"] == "ScaledUp"]
+    downs = [d for d in timeline.decisions if d["reason"] == "ScaledDown"]
+    png = out / "demo-timeline.png"
+    if timeline.points:
+        plot(timeline, png)
+    summary: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "scale_ups": len(ups),
+        "scale_downs": len(downs),
+        "max_desired": max((p.desired for p in timeline.points), default=0),
+        "max_queue_per_replica": max((p.queue or 0 for p in timeline.points), default=0),
+        "decisions": timeline.decisions,
+        "png": str(png) if png.exists() else None,
+        "load": [asdict(p) | {"latencies_ms": None} for p in (load.phases if load else ())],
+        "timeline": [asdict(p) for p in timeline.points],
+    }
+    (out / "demo-summary.json").write_text(json.dumps(summary, indent=2))
+    print("\n==> summary")
+    print(f"  scale-ups: {len(ups)}, scale-downs: {len(downs)}, "
+          f"peak replicas asked: {summary['max_desired']}, "
+          f"peak queue per replica: {summary['max_queue_per_replica']:.1f}")
+    for phase in load.phases if load else ():
+        p50 = f"{phase.p50_ms:.0f}" if phase.p50_ms is not None else "-"
+        p99 = f"{phase.p99_ms:.0f}" if phase.p99_ms is not None else "-"
+        print(f"  load phase {phase.index} ×{phase.concurrency}: {phase.ok} ok, "
+              f"{phase.failed} failed, p50 {p50} ms, p99 {p99} ms")
+    print(f"  timeline: {png}\n  summary:  {out / 'demo-summary.json'}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a shorter ramp (the e2e test)")
+    parser.add_argument("--keep", action="store_true", help="leave the cluster up afterwards")
+    parser.add_argument("--out", type=Path, default=REPO / "out" / "demo")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    stop = threading.Event()
+
+    def interrupt(signum: int, _frame: object) -> None:
+        print(f"\n==> {signal.Signals(signum).name}: stopping cleanly", flush=True)
+        stop.set()
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+    started = time.monotonic()
+    summary = run_demo(QUICK if args.quick else FULL, args.out, args.keep, stop)
+    print(f"  took {time.monotonic() - started:.0f}s")
+    ok = summary["scale_ups"] >= 1 and summary["scale_downs"] >= 1 and summary["png"]
+    return 0 if ok or stop.is_set() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

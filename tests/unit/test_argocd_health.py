@@ -1,0 +1,203 @@
+"""deploy/argocd/health.lua, run the way Argo CD runs it: `obj` set, the chunk returns hs.
+
+Argo CD embeds gopher-lua (Lua 5.1); the script is run under Lua 5.1 and 5.4 here so
+it relies on nothing newer, and nothing removed since.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+HEALTH_LUA = REPO / "deploy" / "argocd" / "health.lua"
+CM_PATCH = REPO / "deploy" / "argocd" / "argocd-cm-patch.yaml"
+KINDS = ("ModelDeployment", "CapacityTier")
+LUA_VERSIONS = ("lupa.lua51", "lupa.lua54")
+STAMP = "2026-01-01T00:00:00Z"
+
+
+def lua_module(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ImportError:  # pragma: no cover - depends on how lupa was built
+        pytest.skip(f"{name} is not available in this lupa build")
+
+
+def health(obj: dict[str, Any], version: str = "lupa.lua51") -> dict[str, str]:
+    lupa = lua_module(version)
+    lua = lupa.LuaRuntime(unpack_returned_tuples=True)
+    lua.globals().obj = lua.table_from(obj, recursive=True)
+    result = lua.execute(HEALTH_LUA.read_text())
+    assert result is not None, "health.lua must return hs"
+    return {str(k): str(v) for k, v in dict(result).items()}
+
+
+def condition(
+    type_: str, status: str, reason: str, message: str = "", generation: int | None = None
+) -> dict[str, Any]:
+    c: dict[str, Any] = {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": STAMP,
+    }
+    if generation is not None:
+        c["observedGeneration"] = generation
+    return c
+
+
+def md(
+    generation: int = 3,
+    observed: int | None = 3,
+    conditions: list[dict[str, Any]] | None = None,
+    kind: str = "ModelDeployment",
+    with_status: bool = True,
+) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "apiVersion": "turnpike.dev/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": "llama", "namespace": "ml", "generation": generation},
+        "spec": {},
+    }
+    if with_status:
+        status: dict[str, Any] = {"conditions": conditions or [], "replicas": 2}
+        if observed is not None:
+            status["observedGeneration"] = observed
+        obj["status"] = status
+    return obj
+
+
+def ready(generation: int = 3) -> list[dict[str, Any]]:
+    return [
+        condition("Ready", "True", "Available", "2/2 replicas ready", generation),
+        condition("Progressing", "False", "Complete", "", generation),
+        condition("Degraded", "False", "AsExpected", "", generation),
+    ]
+
+
+@pytest.mark.parametrize("version", LUA_VERSIONS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_ready_at_current_generation_is_healthy(version: str, kind: str) -> None:
+    hs = health(md(conditions=ready(), kind=kind), version)
+    assert hs == {"status": "Healthy", "message": "2/2 replicas ready"}
+
+
+@pytest.mark.parametrize("version", LUA_VERSIONS)
+def test_rolling_out_is_progressing_with_the_reason(version: str) -> None:
+    conditions = [
+        condition("Ready", "False", "RollingOut", "1/2 replicas ready", 3),
+        condition("Progressing", "True", "RollingOut", "waiting for 1 more replica", 3),
+        condition("Degraded", "False", "AsExpected", "", 3),
+    ]
+    hs = health(md(conditions=conditions), version)
+    assert hs == {"status": "Progressing", "message": "waiting for 1 more replica"}
+
+
+@pytest.mark.parametrize("version", LUA_VERSIONS)
+def test_degraded_wins_over_ready(version: str) -> None:
+    conditions = [
+        condition("Ready", "True", "Available", "2/2 replicas ready", 3),
+        condition("Degraded", "True", "SecretMissing", "secret hf-token not found", 3),
+    ]
+    hs = health(md(conditions=conditions), version)
+    assert hs == {"status": "Degraded", "message": "secret hf-token not found"}
+
+
+@pytest.mark.parametrize("version", LUA_VERSIONS)
+def test_degraded_without_message_reports_the_reason(version: str) -> None:
+    conditions = [condition("Degraded", "True", "InvalidSpec", "", 3)]
+    assert health(md(conditions=conditions), version) == {
+        "status": "Degraded",
+        "message": "InvalidSpec",
+    }
+
+
+@pytest.mark.parametrize("version", LUA_VERSIONS)
+def test_stale_observed_generation_is_progressing_even_if_ready(version: str) -> None:
+    """The user changed the spec (generation 4); the status still describes generation 3."""
+    hs = health(md(generation=4, observed=3, conditions=ready(3)), version)
+    assert hs["status"] == "Progressing"
+    assert "generation 4" in hs["message"] and "generation 3" in hs["message"]
+
+
+@pytest.mark.parametrize("version", LUA_VERSIONS)
+def test_stale_degraded_is_progressing(version: str) -> None:
+    """A Degraded condition about an older spec says nothing about the new one (kstatus)."""
+    conditions = [condition("Degraded", "True", "InvalidSpec", "bad gpu count", 3)]
+    hs = health(md(generation=4, observed=3, conditions=conditions), version)
+    assert hs["status"] == "Progressing"
+
+
+@pytest.mark.parametrize("version", LUA_VERSIONS)
+def test_ready_condition_stale_on_its_own_is_progressing(version: str) -> None:
+    conditions = ready(3)
+    hs = health(md(generation=4, observed=4, conditions=conditions), version)
+    assert hs["status"] == "Progressing"
+
+
+@pytest.mark.parametrize("version", LUA_VERSIONS)
+def test_ready_without_any_observed_generation_is_not_healthy(version: str) -> None:
+    conditions = [condition("Ready", "True", "Available", "2/2 replicas ready")]
+    hs = health(md(observed=None, conditions=conditions), version)
+    assert hs["status"] == "Progressing"
+
+
+@pytest.mark.parametrize("version", LUA_VERSIONS)
+def test_ready_with_only_the_condition_generation_is_healthy(version: str) -> None:
+    hs = health(md(observed=None, conditions=ready(3)), version)
+    assert hs["status"] == "Healthy"
+
+
+@pytest.mark.parametrize("version", LUA_VERSIONS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_no_status_is_progressing(version: str, kind: str) -> None:
+    hs = health(md(with_status=False, kind=kind), version)
+    assert hs["status"] == "Progressing"
+    assert hs["message"]
+
+
+@pytest.mark.parametrize("version", LUA_VERSIONS)
+def test_status_without_conditions_is_progressing(version: str) -> None:
+    assert health(md(conditions=[]), version)["status"] == "Progressing"
+
+
+@pytest.mark.parametrize("version", LUA_VERSIONS)
+def test_not_ready_without_progressing_reports_ready_message(version: str) -> None:
+    conditions = [condition("Ready", "False", "Unschedulable", "no node with 8 free H100s", 3)]
+    assert health(md(conditions=conditions), version) == {
+        "status": "Progressing",
+        "message": "no node with 8 free H100s",
+    }
+
+
+def test_script_does_not_change_the_object() -> None:
+    obj = md(conditions=ready())
+    before = copy.deepcopy(obj)
+    health(obj)
+    assert obj == before
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_configmap_patch_embeds_the_script_verbatim(kind: str) -> None:
+    patch = yaml.safe_load(CM_PATCH.read_text())
+    assert patch["apiVersion"] == "v1" and patch["kind"] == "ConfigMap"
+    assert patch["metadata"]["name"] == "argocd-cm"
+    key = f"resource.customizations.health.turnpike.dev_{kind}"
+    assert patch["data"][key] == HEALTH_LUA.read_text(), (
+        f"{CM_PATCH.name} {key} differs from health.lua: paste health.lua into it again"
+    )
+
+
+def test_configmap_patch_has_only_turnpike_keys() -> None:
+    patch = yaml.safe_load(CM_PATCH.read_text())
+    assert set(patch["data"]) == {
+        f"resource.customizations.health.turnpike.dev_{kind}" for kind in KINDS
+    }
