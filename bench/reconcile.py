@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ sys.path[:0] = [str(REPO / "operator"), str(REPO)]
 from hack import localcluster  # noqa: E402
 from tests.kubectl import Kubectl  # noqa: E402
 from tests.operator_process import OperatorProcess, start_operator  # noqa: E402
+
 from turnpike.kube import Kube, connect  # noqa: E402
 from turnpike.kube.resources import DEPLOYMENT, MODEL_DEPLOYMENT, Resource  # noqa: E402
 
@@ -59,8 +59,10 @@ def model_deployment(name: str) -> dict[str, Any]:
         "apiVersion": "turnpike.dev/v1alpha1",
         "kind": "ModelDeployment",
         "metadata": {"name": name},
-        "spec": {"model": {"uri": "s3://bench/model", "backend": "python"},
-                 "gpu": {"product": BENCH_PRODUCT}},
+        "spec": {
+            "model": {"uri": "s3://bench/model", "backend": "python"},
+            "gpu": {"product": BENCH_PRODUCT},
+        },
     }
 
 
@@ -73,14 +75,17 @@ def plain_deployment(name: str) -> dict[str, Any]:
         "spec": {
             "replicas": 0,
             "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels},
-                         "spec": {"containers": [{"name": "c", "image": "bench.invalid/x"}]}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "c", "image": "bench.invalid/x"}]},
+            },
         },
     }
 
 
-async def create_all(kube: Kube, namespace: str, objects: list[dict[str, Any]],
-                     concurrency: int = 16) -> dict[str, float]:
+async def create_all(
+    kube: Kube, namespace: str, objects: list[dict[str, Any]], concurrency: int = 16
+) -> dict[str, float]:
     created: dict[str, float] = {}
     gate = asyncio.Semaphore(concurrency)
 
@@ -94,21 +99,23 @@ async def create_all(kube: Kube, namespace: str, objects: list[dict[str, Any]],
     return created
 
 
-async def watch_until(kube: Kube, resource: Resource, namespace: str, expected: int,
-                      key: Any, deadline: float) -> dict[str, float]:
+async def watch_until(
+    kube: Kube, resource: Resource, namespace: str, expected: int, key: Any, deadline: float
+) -> dict[str, float]:
     """Time each object first satisfies key(obj) -> name | None, until expected are seen."""
     seen: dict[str, float] = {}
     while len(seen) < expected and time.monotonic() < deadline:
         remaining = max(1, int(deadline - time.monotonic()))
         try:
-            async for _type, obj in kube.watch(resource, namespace,
-                                              timeout_seconds=min(remaining, 300)):
+            async for _type, obj in kube.watch(
+                resource, namespace, timeout_seconds=min(remaining, 300)
+            ):
                 name = key(obj)
                 if name is not None and name not in seen:
                     seen[name] = time.monotonic()
                     if len(seen) >= expected:
                         break
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             continue
     return seen
 
@@ -136,12 +143,12 @@ def proc_usage(pid: int) -> tuple[float, float]:
     return rss_kib / 1024, (int(fields[11]) + int(fields[12])) / ticks
 
 
-async def run_size(kube: Kube, kubectl: Kubectl, operator: OperatorProcess, n: int,
-                   timeout: float) -> dict[str, float]:
+async def run_size(
+    kube: Kube, kubectl: Kubectl, operator: OperatorProcess, n: int, timeout: float
+) -> dict[str, float]:
     md_ns, native_ns = f"bench-md-{n}", f"bench-native-{n}"
     for ns in (md_ns, native_ns):
-        kubectl.run("delete", "namespace", ns, "--ignore-not-found", "--timeout=300s",
-                    timeout=320)
+        kubectl.run("delete", "namespace", ns, "--ignore-not-found", "--timeout=300s", timeout=320)
         kubectl.run("create", "namespace", ns)
     pid = operator.process.pid
     rss_before, cpu_before = proc_usage(pid)
@@ -149,10 +156,8 @@ async def run_size(kube: Kube, kubectl: Kubectl, operator: OperatorProcess, n: i
     deadline = time.monotonic() + timeout
     names = [f"md-{i:04d}" for i in range(n)]
 
-    deployments = asyncio.create_task(watch_until(kube, DEPLOYMENT, md_ns, n,
-                                                  owner_name, deadline))
-    ready = asyncio.create_task(watch_until(kube, MODEL_DEPLOYMENT, md_ns, n, ready_name,
-                                            deadline))
+    deployments = asyncio.create_task(watch_until(kube, DEPLOYMENT, md_ns, n, owner_name, deadline))
+    ready = asyncio.create_task(watch_until(kube, MODEL_DEPLOYMENT, md_ns, n, ready_name, deadline))
     await asyncio.sleep(0.5)  # let both watches open before the first create
     created = await create_all(kube, md_ns, [model_deployment(x) for x in names])
     to_deployment = latencies(Sample(created, await deployments))
@@ -161,11 +166,11 @@ async def run_size(kube: Kube, kubectl: Kubectl, operator: OperatorProcess, n: i
     rss_after, cpu_after = proc_usage(pid)
 
     native_names = [f"native-{i:04d}" for i in range(n)]
-    replicasets = asyncio.create_task(watch_until(kube, REPLICASET, native_ns, n, owner_name,
-                                                  time.monotonic() + timeout))
+    replicasets = asyncio.create_task(
+        watch_until(kube, REPLICASET, native_ns, n, owner_name, time.monotonic() + timeout)
+    )
     await asyncio.sleep(0.5)
-    native_created = await create_all(kube, native_ns, [plain_deployment(x)
-                                                        for x in native_names])
+    native_created = await create_all(kube, native_ns, [plain_deployment(x) for x in native_names])
     to_replicaset = latencies(Sample(native_created, await replicasets))
 
     for ns in (md_ns, native_ns):
@@ -191,15 +196,31 @@ async def run_size(kube: Kube, kubectl: Kubectl, operator: OperatorProcess, n: i
 
 def add_bench_nodes(cluster: localcluster.Cluster, gpus_needed: int) -> list[str]:
     nodes_needed = gpus_needed // 8 + 1
-    shape = {"pools": [{"name": "bench", "count": nodes_needed, "gpus": 8,
-                        "product": BENCH_PRODUCT, "family": "hopper", "memoryMiB": 81559,
-                        "cpu": "192", "memory": "2Ti"}]}
+    shape = {
+        "pools": [
+            {
+                "name": "bench",
+                "count": nodes_needed,
+                "gpus": 8,
+                "product": BENCH_PRODUCT,
+                "family": "hopper",
+                "memoryMiB": 81559,
+                "cpu": "192",
+                "memory": "2Ti",
+            }
+        ]
+    }
     nodes = localcluster.node_manifests(shape, first_index=100)
     kubectl = Kubectl(cluster.kubectl(), cluster.kubeconfig)
     kubectl.create(*nodes)
     names = [n["metadata"]["name"] for n in nodes]
-    kubectl.run("wait", "--for=condition=Ready", "--timeout=120s",
-                *(f"node/{n}" for n in names), timeout=180)
+    kubectl.run(
+        "wait",
+        "--for=condition=Ready",
+        "--timeout=120s",
+        *(f"node/{n}" for n in names),
+        timeout=180,
+    )
     return names
 
 
@@ -217,8 +238,16 @@ async def main_async(sizes: list[int], timeout: float) -> list[dict[str, float]]
         for n in sizes:
             print(f"bench-reconcile: {n} ModelDeployments ...", file=sys.stderr, flush=True)
             results.append(await run_size(kube, kubectl, operator, n, timeout))
-            kubectl.run("wait", "--for=delete", "namespace", f"bench-md-{n}",
-                        f"bench-native-{n}", "--timeout=300s", timeout=320, check=False)
+            kubectl.run(
+                "wait",
+                "--for=delete",
+                "namespace",
+                f"bench-md-{n}",
+                f"bench-native-{n}",
+                "--timeout=300s",
+                timeout=320,
+                check=False,
+            )
     finally:
         operator.stop()
         await kube.close()
@@ -228,9 +257,11 @@ async def main_async(sizes: list[int], timeout: float) -> list[dict[str, float]]
 
 
 def table(results: list[dict[str, float]]) -> str:
-    header = ("| N | create→Deployment p50 / p99 (s) | create→Ready p50 / p99 (s) "
-              "| native Deployment→ReplicaSet p50 / p99 (s) | ratio p50 | operator RSS (MiB) "
-              "| operator CPU (s) | wall (s) |")
+    header = (
+        "| N | create→Deployment p50 / p99 (s) | create→Ready p50 / p99 (s) "
+        "| native Deployment→ReplicaSet p50 / p99 (s) | ratio p50 | operator RSS (MiB) "
+        "| operator CPU (s) | wall (s) |"
+    )
     lines = [header, "|" + "---|" * 8]
     for r in results:
         lines.append(
@@ -238,7 +269,8 @@ def table(results: list[dict[str, float]]) -> str:
             f"| {r['ready_p50']:.2f} / {r['ready_p99']:.2f} "
             f"| {r['native_p50']:.3f} / {r['native_p99']:.3f} | {r['ratio_p50']:.1f}x "
             f"| {r['rss_mib']:.0f} (+{r['rss_growth_mib']:.0f}) | {r['cpu_s']:.1f} "
-            f"| {r['wall_s']:.1f} |")
+            f"| {r['wall_s']:.1f} |"
+        )
         missing = int(r["n"] - min(r["deployment_seen"], r["ready_seen"]))
         if missing:
             lines.append(f"| | {missing} objects did not finish before the timeout | | | | | | |")

@@ -29,12 +29,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from bench.autoscale_sim.model import ClusterView
 from turnpike.api.modeldeployment import Autoscaling
 from turnpike.autoscale.history import History
 from turnpike.autoscale.policy import Decision, Params, decide
 from turnpike.autoscale.signal import Observation
-
-from bench.autoscale_sim.model import ClusterView
 
 # Wall clock of simulated time 0 (2026-01-01T00:00:00Z): Turnpike's history
 # keeps epoch milliseconds.
@@ -305,10 +304,8 @@ class HPAController:
         result = 2**31 - 1
         for p in self.behavior.down_policies:
             start = self._period_start(now, current, p.period_s)
-            if p.type == "Pods":
-                proposed = start - p.value
-            else:
-                proposed = int(start * (1 - p.value / 100))
+            # Percent: Go's int32() truncates.
+            proposed = start - p.value if p.type == "Pods" else int(start * (1 - p.value / 100))
             result = min(result, proposed)
         return result
 
@@ -609,3 +606,47 @@ class KPAPolicy:
             self.delay_window.append((now, desired))
             desired = max(d for _, d in self.delay_window)
         return min(max(desired, self.min_replicas), self.max_replicas)
+
+
+# --------------------------------------------------------------------------- #
+# Experiments (not Turnpike's shipped behaviour).
+
+
+class GuardedTurnpikePolicy(TurnpikePolicy):
+    """Turnpike's decision plus a *hypothetical* capacity guard on scale-down.
+
+    Not what the operator does: ``run --explore`` uses it to size a suggested
+    change. The real ``decide`` runs unchanged; a scale-down it returns is
+    vetoed when the peak of in-flight requests over the stabilization window
+    would exceed ``max_utilization`` of the slots left after removing the
+    replicas (Triton exposes in-flight work, e.g. TensorRT-LLM's
+    ``request_type="active"`` count, next to the queue depth).
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        *,
+        slots: int,
+        max_utilization: float = 0.8,
+        name: str = "turnpike+guard",
+    ) -> None:
+        super().__init__(params, name=name)
+        self.slots = slots
+        self.max_utilization = max_utilization
+        self._in_flight: deque[tuple[float, int]] = deque()
+
+    def tick(self, view: ClusterView) -> int | None:
+        window = self.params.stabilization_window_s
+        self._in_flight.append((view.now, view.in_service))
+        while self._in_flight and self._in_flight[0][0] < view.now - window:
+            self._in_flight.popleft()
+        desired = super().tick(view)
+        if desired is None or desired >= view.spec_replicas:
+            return desired
+        peak = max(n for _, n in self._in_flight)
+        removed_ready = max(0, view.spec_replicas - desired - len(view.loading))
+        left = len(view.ready) - removed_ready
+        if left <= 0 or peak > self.max_utilization * left * self.slots:
+            return view.spec_replicas
+        return desired

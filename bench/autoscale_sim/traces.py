@@ -94,7 +94,8 @@ def diurnal_rates(
     """One day compressed into the run: low → high at mid-run → low, sinusoidal."""
     del rng
     t = np.arange(_steps(duration_s), dtype=np.float64) * RATE_STEP_S
-    return low + (high - low) * (1.0 - np.cos(2.0 * math.pi * t / duration_s)) / 2.0
+    shape = (1.0 - np.cos(2.0 * math.pi * t / duration_s)) / 2.0
+    return np.asarray(low + (high - low) * shape, dtype=np.float64)
 
 
 def bursty_rates(

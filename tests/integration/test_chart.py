@@ -68,8 +68,9 @@ def tool(name: str) -> str:
         return found
 
 
-def run(argv: list[str], stdin: str | None = None, check: bool = True,
-        timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run(
+    argv: list[str], stdin: str | None = None, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False
     )
@@ -80,11 +81,21 @@ def run(argv: list[str], stdin: str | None = None, check: bool = True,
     return result
 
 
-def helm_template_text(*args: str, release: str = RELEASE, namespace: str = NAMESPACE,
-                       check: bool = True) -> subprocess.CompletedProcess[str]:
+def helm_template_text(
+    *args: str, release: str = RELEASE, namespace: str = NAMESPACE, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     return run(
-        [tool("helm"), "template", release, str(CHART), "--namespace", namespace,
-         "--kube-version", KUBE_VERSION, *args],
+        [
+            tool("helm"),
+            "template",
+            release,
+            str(CHART),
+            "--namespace",
+            namespace,
+            "--kube-version",
+            KUBE_VERSION,
+            *args,
+        ],
         check=check,
     )
 
@@ -143,9 +154,22 @@ def rule_permissions(rules: list[dict[str, Any]]) -> set[Permission]:
 
 def test_helm_lint() -> None:
     run([tool("helm"), "lint", "--strict", str(CHART), "--kube-version", KUBE_VERSION])
-    run([tool("helm"), "lint", "--strict", str(CHART), "--kube-version", KUBE_VERSION,
-         "--set", "metrics.serviceMonitor.enabled=true",
-         "--set", "operator.watchNamespaces={ml,research}", "--set", "replicaCount=1"])
+    run(
+        [
+            tool("helm"),
+            "lint",
+            "--strict",
+            str(CHART),
+            "--kube-version",
+            KUBE_VERSION,
+            "--set",
+            "metrics.serviceMonitor.enabled=true",
+            "--set",
+            "operator.watchNamespaces={ml,research}",
+            "--set",
+            "replicaCount=1",
+        ]
+    )
 
 
 def test_chart_versions_follow_the_package() -> None:
@@ -191,18 +215,20 @@ def test_sync_script_detects_and_repairs_drift(tmp_path: Path) -> None:
 
 def test_default_render_has_the_expected_objects() -> None:
     kinds = sorted((d["kind"], d["metadata"]["name"]) for d in render())
-    assert kinds == sorted([
-        ("ServiceAccount", "turnpike"),
-        ("ClusterRole", "turnpike"),
-        ("ClusterRole", "turnpike-edit"),
-        ("ClusterRole", "turnpike-view"),
-        ("ClusterRoleBinding", "turnpike"),
-        ("Role", "turnpike-leader-election"),
-        ("RoleBinding", "turnpike-leader-election"),
-        ("Service", "turnpike-metrics"),
-        ("Deployment", "turnpike"),
-        ("PodDisruptionBudget", "turnpike"),
-    ])
+    assert kinds == sorted(
+        [
+            ("ServiceAccount", "turnpike"),
+            ("ClusterRole", "turnpike"),
+            ("ClusterRole", "turnpike-edit"),
+            ("ClusterRole", "turnpike-view"),
+            ("ClusterRoleBinding", "turnpike"),
+            ("Role", "turnpike-leader-election"),
+            ("RoleBinding", "turnpike-leader-election"),
+            ("Service", "turnpike-metrics"),
+            ("Deployment", "turnpike"),
+            ("PodDisruptionBudget", "turnpike"),
+        ]
+    )
     for doc in render():
         if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
             assert doc["metadata"]["namespace"] == NAMESPACE, doc["kind"]
@@ -265,9 +291,17 @@ def parse_operator_args(args: list[str], env: dict[str, str]) -> operator_settin
 
 
 def test_operator_flags_exist_and_mean_what_the_values_say() -> None:
-    deployment = only(render("--set", "operator.watchNamespaces={ml,research}",
-                             "--set", "operator.workers=3", "--set", "operator.logLevel=debug"),
-                      "Deployment")
+    deployment = only(
+        render(
+            "--set",
+            "operator.watchNamespaces={ml,research}",
+            "--set",
+            "operator.workers=3",
+            "--set",
+            "operator.logLevel=debug",
+        ),
+        "Deployment",
+    )
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     settings = parse_operator_args(
         container["args"], {"POD_NAMESPACE": NAMESPACE, "POD_NAME": "turnpike-abc"}
@@ -280,6 +314,7 @@ def test_operator_flags_exist_and_mean_what_the_values_say() -> None:
     assert settings.namespaces == ("ml", "research")
     assert settings.workers == 3
     assert settings.resync_seconds == 60
+    assert settings.triton_metrics_port == 8002
     assert (settings.log_level, settings.log_format) == ("debug", "json")
     role = only(render(), "Role")
     lease_rules = [r for r in role["rules"] if r.get("resourceNames")]
@@ -302,8 +337,13 @@ def test_two_replicas_need_leader_election() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["unknownKey=1", "operator.workers=0", "operator.logLevel=verbose", "image.digest=latest",
-     "operator.metricsPort=80"],
+    [
+        "unknownKey=1",
+        "operator.workers=0",
+        "operator.logLevel=verbose",
+        "image.digest=latest",
+        "operator.metricsPort=80",
+    ],
 )
 def test_values_schema_rejects(bad: str) -> None:
     result = helm_template_text("--set", bad, check=False)
@@ -313,16 +353,21 @@ def test_values_schema_rejects(bad: str) -> None:
 
 def test_image_digest_wins_over_tag() -> None:
     digest = "sha256:" + "a" * 64
-    deployment = only(render("--set", f"image.digest={digest}", "--set", "image.tag=9.9.9"),
-                      "Deployment")
+    deployment = only(
+        render("--set", f"image.digest={digest}", "--set", "image.tag=9.9.9"), "Deployment"
+    )
     image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image == f"ghcr.io/turnpike-dev/turnpike@{digest}"
 
 
 def test_service_monitor_is_optional_and_selects_the_metrics_service() -> None:
     assert not [d for d in render() if d["kind"] == "ServiceMonitor"]
-    docs = render("--set", "metrics.serviceMonitor.enabled=true",
-                  "--set", "metrics.serviceMonitor.labels.release=prometheus")
+    docs = render(
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+        "--set",
+        "metrics.serviceMonitor.labels.release=prometheus",
+    )
     monitor = only(docs, "ServiceMonitor")
     service = only(docs, "Service")
     deployment = only(docs, "Deployment")
@@ -375,7 +420,7 @@ def test_rbac_table_marks_capacity_tier_rules() -> None:
 
 
 # Kinds the operator's static resource table knows but no code path touches yet.
-UNUSED_KINDS = {"Pod", "Namespace"}
+UNUSED_KINDS = {"Namespace"}
 
 
 def test_every_kind_the_operator_knows_is_in_the_rbac_table() -> None:
@@ -417,7 +462,8 @@ def test_dockerfile_shape() -> None:
 
 def test_dockerignore_keeps_the_context_small() -> None:
     lines = [
-        line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
     assert lines[0] == "*", "exclude everything, then allow what the build copies"
@@ -441,9 +487,13 @@ def test_grafana_dashboard() -> None:
             assert all(t["expr"] and t["refId"] for t in panel["targets"])
     exprs = " ".join(t["expr"] for p in panels for t in p.get("targets", []))
     for metric in (
-        "turnpike_reconcile_total", "turnpike_reconcile_duration_seconds_bucket",
-        "turnpike_api_writes_total", "turnpike_workqueue_depth", "turnpike_leader",
-        "nv_inference_pending_request_count", "nv_inference_queue_duration_us",
+        "turnpike_reconcile_total",
+        "turnpike_reconcile_duration_seconds_bucket",
+        "turnpike_api_writes_total",
+        "turnpike_workqueue_depth",
+        "turnpike_leader",
+        "nv_inference_pending_request_count",
+        "nv_inference_queue_duration_us",
         "nv_inference_request_success",
     ):
         assert metric in exprs, metric
@@ -461,8 +511,13 @@ def test_operator_metric_names_exist() -> None:
     from turnpike.controller.metrics import Metrics
 
     names = {m.name for m in Metrics().registry.collect()}
-    for name in ("turnpike_reconcile", "turnpike_reconcile_duration_seconds",
-                 "turnpike_api_writes", "turnpike_workqueue_depth", "turnpike_leader"):
+    for name in (
+        "turnpike_reconcile",
+        "turnpike_reconcile_duration_seconds",
+        "turnpike_api_writes",
+        "turnpike_workqueue_depth",
+        "turnpike_leader",
+    ):
         assert name in names, (name, names)
 
 
@@ -474,8 +529,12 @@ def test_argocd_application_renders_the_chart(tmp_path: Path) -> None:
     assert "resources-finalizer.argocd.argoproj.io" not in app["metadata"].get("finalizers", [])
     values = tmp_path / "values.yaml"
     values.write_text(yaml.safe_dump(source["helm"]["valuesObject"]))
-    docs = render("-f", str(values), release=source["helm"]["releaseName"],
-                  namespace=app["spec"]["destination"]["namespace"])
+    docs = render(
+        "-f",
+        str(values),
+        release=source["helm"]["releaseName"],
+        namespace=app["spec"]["destination"]["namespace"],
+    )
     assert only(docs, "ServiceMonitor")
 
 
@@ -490,9 +549,10 @@ def test_flux_examples_build_and_render_the_chart(tmp_path: Path) -> None:
     release = only(docs, "HelmRelease")
     spec = release["spec"]
     assert (REPO / spec["chart"]["spec"]["chart"] / "Chart.yaml").exists()
-    assert spec["chart"]["spec"]["sourceRef"]["name"] == only(docs, "GitRepository")["metadata"][
-        "name"
-    ]
+    assert (
+        spec["chart"]["spec"]["sourceRef"]["name"]
+        == only(docs, "GitRepository")["metadata"]["name"]
+    )
     assert spec["upgrade"]["crds"] == "CreateReplace"
     values = tmp_path / "values.yaml"
     values.write_text(yaml.safe_dump(spec["values"]))
@@ -513,8 +573,11 @@ SCHEMA_LOCATION = "{{.Group}}/{{.ResourceKind}}_{{.ResourceAPIVersion}}.json"
 
 
 def to_json_schema(node: Any) -> Any:
-    """OpenAPI v3 (Kubernetes flavour) to draft-07 JSON schema, strict like kubeconform's
-    *-strict schemas: objects with properties refuse unknown fields."""
+    """OpenAPI v3 (Kubernetes flavour) to JSON schema, strict like kubeconform's *-strict
+    schemas: objects with properties refuse unknown fields.
+
+    No $schema: kubeconform then reads the schema as draft 4, whose boolean
+    exclusiveMinimum/exclusiveMaximum are OpenAPI 3.0's (draft 7's are numbers)."""
     if isinstance(node, list):
         return [to_json_schema(item) for item in node]
     if not isinstance(node, dict):
@@ -566,12 +629,13 @@ def standalone(components: dict[str, Any], name: str) -> dict[str, Any]:
         needed.add(current)
         todo.extend(_refs(components[current]) - needed)
     schema = to_json_schema(components[name])
-    schema["$schema"] = "http://json-schema.org/draft-07/schema#"
     schema["definitions"] = {n: to_json_schema(components[n]) for n in sorted(needed)}
     return dict(schema)
 
 
-def write_builtin_schemas(kubectl: Kubectl, root: Path, api_versions: set[str]) -> set[tuple[str, str]]:
+def write_builtin_schemas(
+    kubectl: Kubectl, root: Path, api_versions: set[str]
+) -> set[tuple[str, str]]:
     """Per-kind schemas of these group versions from the API server's OpenAPI v3."""
     written: set[tuple[str, str]] = set()
     for api_version in sorted(api_versions):
@@ -598,7 +662,6 @@ def write_crd_schemas(root: Path, crd_dir: Path) -> set[tuple[str, str]]:
         for version in spec["versions"]:
             api_version = f"{spec['group']}/{version['name']}"
             schema = to_json_schema(copy.deepcopy(version["schema"]["openAPIV3Schema"]))
-            schema["$schema"] = "http://json-schema.org/draft-07/schema#"
             target = schema_file(root, api_version, spec["names"]["kind"])
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(json.dumps(schema))
@@ -608,8 +671,18 @@ def write_crd_schemas(root: Path, crd_dir: Path) -> set[tuple[str, str]]:
 
 def kubeconform(schemas: Path, files: list[Path], *extra: str) -> list[dict[str, Any]]:
     result = run(
-        [tool("kubeconform"), "-strict", "-summary", "-verbose", "-output", "json",
-         "-schema-location", f"{schemas}/{SCHEMA_LOCATION}", *extra, *map(str, files)],
+        [
+            tool("kubeconform"),
+            "-strict",
+            "-summary",
+            "-verbose",
+            "-output",
+            "json",
+            "-schema-location",
+            f"{schemas}/{SCHEMA_LOCATION}",
+            *extra,
+            *map(str, files),
+        ],
         check=False,
     )
     try:
@@ -624,8 +697,13 @@ def schemas(kubectl: Kubectl, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Schemas of every kind the chart, its CRDs and the examples use, all local."""
     root = tmp_path_factory.mktemp("schemas")
     write_crd_schemas(root, REPO / "crds")
-    builtin = {"v1", "apps/v1", "policy/v1", "rbac.authorization.k8s.io/v1",
-               "apiextensions.k8s.io/v1"}
+    builtin = {
+        "v1",
+        "apps/v1",
+        "policy/v1",
+        "rbac.authorization.k8s.io/v1",
+        "apiextensions.k8s.io/v1",
+    }
     written = write_builtin_schemas(kubectl, root, builtin)
     assert ("apps/v1", "Deployment") in written and ("v1", "Service") in written
     return root
@@ -644,8 +722,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.cluster
 def test_kubeconform_validates_every_rendered_object(schemas: Path, rendered: Path) -> None:
     examples = sorted((REPO / "examples").glob("*.yaml"))
-    results = kubeconform(schemas, [rendered, *examples],
-                          "-skip", "/".join(SERVICE_MONITOR))
+    results = kubeconform(schemas, [rendered, *examples], "-skip", "/".join(SERVICE_MONITOR))
     by_status: dict[str, set[tuple[str, str]]] = {}
     for r in results:
         by_status.setdefault(r["status"], set()).add((r["version"], r["kind"]))
@@ -653,7 +730,9 @@ def test_kubeconform_validates_every_rendered_object(schemas: Path, rendered: Pa
     assert not problems, json.dumps(problems, indent=2)
     assert by_status.get("statusSkipped") == {SERVICE_MONITOR}, "only ServiceMonitor may be skipped"
     expected_valid = {
-        ("v1", "ServiceAccount"), ("v1", "Service"), ("apps/v1", "Deployment"),
+        ("v1", "ServiceAccount"),
+        ("v1", "Service"),
+        ("apps/v1", "Deployment"),
         ("policy/v1", "PodDisruptionBudget"),
         ("rbac.authorization.k8s.io/v1", "ClusterRole"),
         ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"),

@@ -26,6 +26,7 @@ from turnpike.api.capacitytier import (
     Toleration,
 )
 from turnpike.api.crdgen import CAPACITYTIER, CRDS, build_crd, generated
+from turnpike.api.modeldeployment import DNS_LABEL_PATTERN
 from turnpike.api.rules import Rule
 
 Schema = dict[str, Any]
@@ -287,7 +288,7 @@ def test_cel_regexes_are_the_python_ones(rule: Rule) -> None:
     # The Python twins use the module's patterns; the CEL must carry the same text
     # (and no backslash escapes, which CEL string literals reject).
     patterns = set(re.findall(r"matches\('([^']*)'\)", rule.cel))
-    known = {ct.GPU_PRODUCT_PATTERN, ct.QUALIFIED_NAME_PATTERN, ct.DNS_LABEL_PATTERN}
+    known = {ct.GPU_PRODUCT_PATTERN, ct.QUALIFIED_NAME_PATTERN, DNS_LABEL_PATTERN}
     assert patterns <= known, rule.cel
     assert "\\" not in rule.cel
 

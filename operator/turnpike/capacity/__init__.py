@@ -28,6 +28,7 @@ from turnpike.capacity.ledger import (
     allowed_replicas,
     gpus_held,
     grant,
+    is_terminating,
     pool_for,
     usage_of,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "class_priority",
     "gpus_held",
     "grant",
+    "is_terminating",
     "may_release",
     "namespace_allowed",
     "pool_for",

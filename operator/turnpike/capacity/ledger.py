@@ -228,9 +228,11 @@ class Allocation:
     pool: str | None
     # GPUs the allocation holds, surge included when rolling.
     gpus: int
-    # Whether a rollout (one extra pod of maxSurge) fits now. A consumer that is
-    # already rolling has its surge charged, so it is True for it. When False the
-    # controller should roll out with maxSurge 0 / maxUnavailable 1 instead.
+    # The product the consumer asked for: where an unbudgeted holding is counted.
+    product: str | None = None
+    # Whether a rollout's extra pod (maxSurge 1) fits now; True where no surge is
+    # needed (already rolling, so charged above, or nothing to roll). When False
+    # the controller should roll out with maxSurge 0 / maxUnavailable 1 instead.
     can_surge: bool = True
 
 
@@ -312,8 +314,9 @@ def usage_of(tier: CapacityTier, allocations: Mapping[ConsumerKey, Allocation]) 
     """The ledger after an evaluation: GPUs granted per pool."""
     ledger = Ledger(tier.spec.gpu_budget)
     for a in allocations.values():
-        if a.pool is not None:
-            ledger.charge(a.pool, a.gpus)
+        # Unbudgeted holdings (kept, never revoked) count under their product,
+        # as in account(), so an overcommit shows instead of vanishing.
+        ledger.charge(a.pool or a.product or ANY_PRODUCT, a.gpus)
     return ledger.usage()
 
 
@@ -340,6 +343,7 @@ def _decide(
             message=message,
             pool=pool,
             gpus=gpus_held(replicas, g, rolling),
+            product=c.product,
         )
 
     if desired <= c.current_replicas:

@@ -19,7 +19,7 @@ from turnpike.api.status import ConditionStatus, ModelDeploymentStatus
 from turnpike.controller.autoscaler import Autoscaler, Tick, history_status
 from turnpike.controller.events import post_event
 from turnpike.controller.metrics import Metrics
-from turnpike.kube import Kube
+from turnpike.kube import ApiError, Kube
 from turnpike.kube.resources import MODEL_DEPLOYMENT, SECRET, resource_for
 from turnpike.reconcile.children import desired_children, desired_replicas
 from turnpike.reconcile.diff import needs_apply
@@ -75,6 +75,14 @@ class ModelDeploymentReconciler:
             )
 
     async def reconcile(self, key: Key) -> float | None:
+        try:
+            return await self._reconcile(key)
+        except ApiError as error:
+            if error.namespace_terminating:
+                return None  # the namespace and this object are on their way out
+            raise
+
+    async def _reconcile(self, key: Key) -> float | None:
         namespace, name = key
         body = await self.kube.get(MODEL_DEPLOYMENT, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):

@@ -72,8 +72,9 @@ async def run(settings: Settings) -> int:
         if elector is not None and not await elector.acquire(stop):
             return 0
         metrics.leader.set(1)
+        autoscaler = Autoscaler(kube, metrics, metrics_port=settings.triton_metrics_port)
         queue = WorkQueue(
-            ModelDeploymentReconciler(kube, metrics, settings.resync_seconds),
+            ModelDeploymentReconciler(kube, metrics, settings.resync_seconds, autoscaler),
             workers=settings.workers,
         )
         queue.start()

@@ -26,11 +26,19 @@ WriteHook = Callable[[str, str], None]
 class ApiError(Exception):
     """A non-2xx answer from the API server, with its Status reason and message."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(
+        self, status: int, reason: str, message: str, causes: tuple[str, ...] = ()
+    ) -> None:
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        self.causes = causes
+
+    @property
+    def namespace_terminating(self) -> bool:
+        """Writes into a namespace being deleted fail until it is gone; nothing to retry."""
+        return "NamespaceTerminating" in self.causes
 
     @property
     def not_found(self) -> bool:
@@ -107,7 +115,11 @@ class Kube:
                 if isinstance(data, dict)
                 else raw.decode(errors="replace")
             )
-            raise ApiError(response.status, reason or str(response.reason), message)
+            causes: tuple[str, ...] = ()
+            if isinstance(data, dict):
+                details = data.get("details") or {}
+                causes = tuple(str(c.get("type", "")) for c in details.get("causes") or [])
+            raise ApiError(response.status, reason or str(response.reason), message, causes)
         if method != "GET" and self._on_write is not None:
             self._on_write(method, path)
         return data
