@@ -39,6 +39,8 @@ kubeconfig: setup ## print the local cluster's kubeconfig path
 crds: setup ## regenerate crds/ from the pydantic models
 	$(PY) -m turnpike.api.crdgen crds/
 	$(PY) -m turnpike.api.docgen docs/api-reference.md
+	$(PY) -m turnpike.capacity.admission deploy/admission/capacity-tiers.yaml charts/turnpike/templates/capacity-admission.yaml
+	hack/sync-chart-crds.sh
 
 .PHONY: lint
 lint: setup ## ruff and mypy --strict
@@ -46,7 +48,7 @@ lint: setup ## ruff and mypy --strict
 	$(VENV)/bin/mypy
 
 .PHONY: test
-test: setup lint ## everything CI runs: lint, unit, integration and e2e tests on the local cluster
+test: setup system-deps lint ## everything CI runs: lint, unit, integration and e2e tests on the local cluster
 	hack/build-cluster.sh >/dev/null
 	$(VENV)/bin/pytest -ra --durations=15 tests
 
@@ -54,3 +56,12 @@ test: setup lint ## everything CI runs: lint, unit, integration and e2e tests on
 bench-reconcile: setup ## create 100 and 1,000 ModelDeployments; print latency, RSS, CPU
 	hack/build-cluster.sh >/dev/null
 	$(PY) bench/reconcile.py
+
+.PHONY: demo
+demo: setup system-deps ## the whole loop: local cluster, operator, real Tritons, live autoscaling (≤ 5 min)
+	hack/build-cluster.sh >/dev/null
+	$(PY) hack/demo.py $(DEMO_ARGS)
+
+.PHONY: system-deps
+system-deps: ## Debian packages the tests need (prometheus, openssl), installed once
+	hack/install-system-deps.sh

@@ -224,6 +224,10 @@ class Row:
         )
 
 
+def run_row(job: tuple[str, str, Config]) -> Row:
+    return Row.of(run_one(job))
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     cfg: Config
@@ -232,6 +236,9 @@ class Outcome:
     oracle: dict[str, Result | None]
     explored: tuple[str, ...]
     seconds: float
+    # Other seeds' rows per (trace, policy), for --seeds.
+    sweep: dict[tuple[str, str], list[Row]]
+    sweep_seeds: tuple[int, ...]
 
     def ideal_hours(self, trace: str) -> float:
         """Fluid lower bound: measured service demand / slots, no headroom."""
@@ -298,21 +305,32 @@ class Outcome:
         return lines
 
 
-def run(cfg: Config, *, jobs: int, explore: bool = False) -> Outcome:
+def run(cfg: Config, *, jobs: int, explore: bool = False, seeds: int = 1) -> Outcome:
+    """All simulations; ``seeds`` > 1 also replays POLICIES on more trace seeds."""
     started = time.perf_counter()
     names = list(TRACES)
     explored = tuple(EXPLORE) if explore else ()
     work = [(t, p, cfg) for t in names for p in (*POLICIES, *REFERENCES, *explored)]
     oracle_work = [(t, cfg) for t in names] if cfg.oracle else []
+    other_seeds = tuple(cfg.seed + i for i in range(1, seeds))
+    sweep_work = [
+        (t, p, replace(cfg, seed=seed)) for seed in other_seeds for t in names for p in POLICIES
+    ]
     if jobs > 1:
         ctx = multiprocessing.get_context("fork" if sys.platform != "win32" else "spawn")
         with ctx.Pool(jobs) as pool:
             oracle_async = pool.map_async(run_oracle, oracle_work)
+            sweep_async = pool.map_async(run_row, sweep_work)
             results = pool.map(run_one, work)
             oracles = oracle_async.get()
+            sweep_rows = sweep_async.get()
     else:
         results = [run_one(j) for j in work]
         oracles = [run_oracle(j) for j in oracle_work]
+        sweep_rows = [run_row(j) for j in sweep_work]
+    sweep: dict[tuple[str, str], list[Row]] = {}
+    for row in sweep_rows:
+        sweep.setdefault((row.trace, row.policy), []).append(row)
     return Outcome(
         cfg=cfg,
         traces={t: trace_for(t, cfg) for t in names},
@@ -320,7 +338,31 @@ def run(cfg: Config, *, jobs: int, explore: bool = False) -> Outcome:
         oracle=dict(zip([t for t, _ in oracle_work], oracles, strict=True)),
         explored=explored,
         seconds=time.perf_counter() - started,
+        sweep=sweep,
+        sweep_seeds=other_seeds,
     )
+
+
+def sweep_table(outcome: Outcome) -> list[list[str]]:
+    """Per trace and policy, over every seed: SLO met count and ranges."""
+    header = ["trace", "policy", "SLO met", "SLO att. min-max", "replica-h min-max"]
+    out = [header]
+    n = 1 + len(outcome.sweep_seeds)
+    for t in outcome.traces:
+        for p in POLICIES:
+            rows = [Row.of(outcome.results[t, p]), *outcome.sweep.get((t, p), [])]
+            slo = [r.slo for r in rows]
+            hours = [r.replica_hours for r in rows]
+            out.append(
+                [
+                    t,
+                    p,
+                    f"{sum(r.met for r in rows)}/{n}",
+                    f"{min(slo):.1%}-{max(slo):.1%}",
+                    f"{min(hours):.1f}-{max(hours):.1f}",
+                ]
+            )
+    return out
 
 
 # --------------------------------------------------------------------------- #
@@ -397,6 +439,13 @@ def _markdown_table(outcome: Outcome, rows: list[Row], *, fluid: bool) -> list[s
     return out
 
 
+def _plain_text(cells: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
 def markdown_results(outcome: Outcome, today: str, command: str) -> str:
     cfg = outcome.cfg
     out = [
@@ -419,6 +468,17 @@ def markdown_results(outcome: Outcome, today: str, command: str) -> str:
             " what the operator does; `--explore`):",
             "",
             *_markdown_table(outcome, outcome.explore_rows(), fluid=False),
+        ]
+    if outcome.sweep_seeds:
+        seeds = ", ".join(str(x) for x in (cfg.seed, *outcome.sweep_seeds))
+        cells = sweep_table(outcome)
+        out += [
+            "",
+            f"The same comparison over trace seeds {seeds} (`--seeds`):",
+            "",
+            "| " + " | ".join(cells[0]) + " |",
+            "|---|---|---:|---:|---:|",
+            *["| " + " | ".join(r) + " |" for r in cells[1:]],
         ]
     params = ", ".join(f"`{k}={v}`" for k, v in asdict(cfg).items())
     out += ["", f"Parameters: {params}.", "", END]
@@ -476,9 +536,13 @@ def plot(path: Path, outcome: Outcome) -> None:
             style = "--" if p in REFERENCES else "-"
             width = 1.6 if p == "turnpike" else 0.9
             ax.step(tm, s.holding, where="post", color=COLORS[p], lw=width, ls=style, label=p)
+            wait = [
+                q * cfg.mean_service_s / (max(r, 1) * cfg.slots)
+                for q, r in zip(s.queue, s.ready, strict=True)
+            ]
             axq.step(
                 tm,
-                [q / cfg.slots for q in s.queue],
+                wait,
                 where="post",
                 color=COLORS[p],
                 lw=width,
@@ -487,8 +551,14 @@ def plot(path: Path, outcome: Outcome) -> None:
         ax.set_title(f"{t}: {tr.description}", fontsize=10, loc="left")
         ax.set_ylabel("replicas holding a GPU")
         axq.set_yscale("symlog", linthresh=1.0)
-        axq.set_ylabel("queue / slots (s of wait)")
-        axq.set_title("queued requests ÷ slots per replica", fontsize=10, loc="left")
+        axq.axhline(cfg.slo_wait_s, color="k", lw=0.8, ls=":")
+        axq.set_ylabel("seconds (symlog)")
+        axq.set_title(
+            f"queue ÷ service rate: wait a new request would see (dotted: SLO "
+            f"{cfg.slo_wait_s:g} s)",
+            fontsize=10,
+            loc="left",
+        )
         for a in (ax, axq):
             a.set_xlim(0, cfg.duration_s / 60)
             a.grid(alpha=0.3)
@@ -518,6 +588,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--markdown", type=Path, help="write/refresh the results section here")
     ap.add_argument("--explore", action="store_true", help="also run Turnpike variants")
     ap.add_argument("--seed", type=int, help="trace seed (default 7)")
+    ap.add_argument(
+        "--seeds", type=int, default=1, help="also replay the policies on N-1 more seeds"
+    )
     ap.add_argument("--load-delay", type=float, help="model load time in seconds (default 90)")
     ap.add_argument(
         "--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes"
@@ -528,15 +601,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = replace(cfg, seed=args.seed)
     if args.load_delay is not None:
         cfg = replace(cfg, load_s=args.load_delay)
-    outcome = run(cfg, jobs=max(1, args.jobs), explore=args.explore)
+    outcome = run(cfg, jobs=max(1, args.jobs), explore=args.explore, seeds=max(1, args.seeds))
     print(text_table(outcome, outcome.main_rows()))
     print()
     for line in outcome.verdicts():
         print(line)
+    if outcome.sweep_seeds:
+        print(f"\nOver seeds {cfg.seed}..{outcome.sweep_seeds[-1]}:")
+        print(_plain_text(sweep_table(outcome)))
     if outcome.explored:
         print("\nTurnpike variants (not the defaults):")
         print(text_table(outcome, outcome.explore_rows(), fluid=False))
-    print(f"\n{len(outcome.results)} simulations in {outcome.seconds:.1f} s")
+    count = len(outcome.results) + sum(len(v) for v in outcome.sweep.values())
+    print(f"\n{count} simulations (plus the best-static searches) in {outcome.seconds:.1f} s")
     if args.out:
         plot(args.out, outcome)
         print(f"wrote {args.out}")

@@ -189,6 +189,8 @@ def test_spot_checks(kubectl: Kubectl, release: Release) -> None:
         kubectl, release, "patch", "modeldeployments.turnpike.dev", "--namespace=default"
     )
     assert can_i(kubectl, release, "create", "priorityclasses.scheduling.k8s.io")
+    assert can_i(kubectl, release, "patch", "capacitytiers.turnpike.dev")
+    assert not can_i(kubectl, release, "delete", "capacitytiers.turnpike.dev")
 
 
 # ---------------------------------------------------------------- Pod Security
@@ -316,9 +318,13 @@ def test_operator_runs_with_nothing_but_the_chart_rbac(
         if not a.startswith(("--metrics-bind-address", "--log-format"))
     ]
     kubeconfig = service_account_kubeconfig(kubectl, release, tmp_path / "kubeconfig")
-    operator = start_operator(
-        kubeconfig, tmp_path / "operator.log", *args, f"--namespace={model_namespace}"
-    )
+    try:
+        operator = start_operator(
+            kubeconfig, tmp_path / "operator.log", *args, f"--namespace={model_namespace}"
+        )
+    except BaseException:
+        kubectl.run("delete", "namespace", model_namespace, "--wait=false", check=False)
+        raise
     try:
         lease = kubectl.in_namespace(release.namespace).get("lease", release.fullname)
         assert lease["spec"]["holderIdentity"]

@@ -24,3 +24,13 @@ def test_api_reference_documents_every_spec_field_users_reach_for() -> None:
         "status.conditions[].type",
     ):
         assert f"`{field}`" in text, field
+
+
+def test_admission_manifests_are_current() -> None:
+    from turnpike.capacity.admission import render_manifest
+
+    root = DOC.parents[1]
+    for path in ("deploy/admission/capacity-tiers.yaml",
+                 "charts/turnpike/templates/capacity-admission.yaml"):
+        assert (root / path).read_text(encoding="utf-8") == render_manifest(), (
+            f"{path} is stale: run make crds")

@@ -1,4 +1,4 @@
-"""kopf handlers: every watch event becomes a key on the work queue.
+"""kopf handlers: every watch event updates the cache and queues a reconcile.
 
 Only event handlers are registered (no create/update/resume handlers, no
 timers or daemons), so kopf keeps no bookkeeping in users' objects: no
@@ -8,11 +8,12 @@ that would block deletion while the operator is down.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
 from turnpike.api.constants import GROUP, VERSION
+from turnpike.controller.cache import Cache, owner_key
 from turnpike.controller.workqueue import WorkQueue
 from turnpike.kube import Kube
 from turnpike.render.labels import LABEL_MANAGED_BY, MANAGER
@@ -23,20 +24,16 @@ CHILDREN = (
     ("policy", "v1", "poddisruptionbudgets"),
 )
 
-
-def owner_key(body: dict[str, Any]) -> tuple[str, str] | None:
-    """The ModelDeployment that controls a child, if any."""
-    for ref in body.get("metadata", {}).get("ownerReferences") or []:
-        if (
-            ref.get("controller")
-            and ref.get("kind") == "ModelDeployment"
-            and ref.get("apiVersion", "").startswith(f"{GROUP}/")
-        ):
-            return body["metadata"]["namespace"], ref["name"]
-    return None
+__all__ = ["build_registry", "owner_key"]
 
 
-def build_registry(kube: Kube, queue: WorkQueue) -> kopf.OperatorRegistry:
+def _body(event: kopf.RawEvent) -> dict[str, Any]:
+    return cast(dict[str, Any], event["object"])
+
+
+def build_registry(
+    kube: Kube, models: WorkQueue, tiers: WorkQueue, cache: Cache
+) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
@@ -53,22 +50,38 @@ def build_registry(kube: Kube, queue: WorkQueue) -> kopf.OperatorRegistry:
         )
 
     @kopf.on.event(GROUP, VERSION, "modeldeployments", registry=registry)
-    def model_deployment_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
+    def model_deployment_event(
+        type: str, event: kopf.RawEvent, namespace: str | None, name: str, **_: Any
+    ) -> None:
         if namespace is None:
             return
+        cache.model_seen(type or "ADDED", _body(event))
         if type == "DELETED":
-            queue.forget((namespace, name))
+            models.forget((namespace, name))
+            for tier in cache.tiers:  # its GPUs are free again
+                tiers.add(("", tier))
         else:
-            queue.add((namespace, name))
+            models.add((namespace, name))
+
+    @kopf.on.event(GROUP, VERSION, "capacitytiers", registry=registry)
+    def capacity_tier_event(type: str, event: kopf.RawEvent, name: str, **_: Any) -> None:
+        cache.tier_seen(type or "ADDED", _body(event))
+        tiers.add(("", name))
+        # A new budget, class or default changes what every deployment may run.
+        for key in list(cache.models):
+            models.add(key)
 
     for group, version, plural in CHILDREN:
 
         @kopf.on.event(
             group, version, plural, registry=registry, labels={LABEL_MANAGED_BY: MANAGER}
         )
-        def child_event(body: kopf.Body, **_: Any) -> None:
-            key = owner_key(dict(body))
+        def child_event(type: str, event: kopf.RawEvent, **_: Any) -> None:
+            body = _body(event)
+            if body.get("kind") == "Deployment":
+                cache.deployment_seen(type or "ADDED", body)
+            key = owner_key(body)
             if key is not None:
-                queue.add(key)
+                models.add(key)
 
     return registry

@@ -7,6 +7,7 @@ writes only what differs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -17,10 +18,12 @@ from typing import Any
 from turnpike.api.modeldeployment import ModelDeployment
 from turnpike.api.status import ConditionStatus, ModelDeploymentStatus
 from turnpike.controller.autoscaler import Autoscaler, Tick, history_status
+from turnpike.controller.cache import Cache
+from turnpike.controller.capacity import CapacityGate, Placement, Verdict
 from turnpike.controller.events import post_event
 from turnpike.controller.metrics import Metrics
 from turnpike.kube import ApiError, Kube
-from turnpike.kube.resources import MODEL_DEPLOYMENT, SECRET, resource_for
+from turnpike.kube.resources import MODEL_DEPLOYMENT, POD, SECRET, resource_for
 from turnpike.reconcile.children import desired_children, desired_replicas
 from turnpike.reconcile.diff import needs_apply
 from turnpike.reconcile.validation import (
@@ -30,7 +33,7 @@ from turnpike.reconcile.validation import (
 )
 from turnpike.render import endpoint, selector_labels
 from turnpike.status import Problem, condition, next_status, parse_status
-from turnpike.status.conditions import deployment_status, merge_conditions, rollout_of
+from turnpike.status.conditions import model_conditions, rollout_of, unschedulable_reason
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
@@ -45,12 +48,13 @@ def rfc3339(now: datetime) -> str:
     return now.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def metrics_condition(tick: Tick) -> tuple[str, ConditionStatus, str, str]:
+def metrics_condition(tick: Tick) -> tuple[ConditionStatus, str, str]:
+    """MetricsAvailable: missing or stale metrics hold the count and say so."""
     if tick.decision.metrics_stale:
-        return ("MetricsAvailable", "False", "MetricsUnavailable", tick.decision.reason)
+        return ("False", "MetricsUnavailable", tick.decision.reason)
     if tick.decision.metrics_partial:
-        return ("MetricsAvailable", "True", "PartialMetrics", tick.decision.reason)
-    return ("MetricsAvailable", "True", "MetricsRead", "")
+        return ("True", "PartialMetrics", tick.decision.reason)
+    return ("True", "MetricsRead", "")
 
 
 @dataclass
@@ -59,6 +63,9 @@ class ModelDeploymentReconciler:
     metrics: Metrics
     resync_seconds: float = 60.0
     autoscaler: Autoscaler | None = None
+    gate: CapacityGate | None = None
+    cache: Cache | None = None
+    on_tier_change: Callable[[str], None] | None = None
     clock: Callable[[], datetime] = utcnow
 
     async def __call__(self, key: Key) -> float | None:
@@ -115,14 +122,42 @@ class ModelDeploymentReconciler:
         if md.spec.autoscaling.enabled and problem is None and self.autoscaler is not None:
             current = desired_replicas(md, previous.desired_replicas)
             tick = await self.autoscaler.tick(key, md, previous, current)
-            replicas = tick.decision.replicas
+            wanted_replicas = tick.decision.replicas
         else:
             if self.autoscaler is not None:
                 self.autoscaler.forget(key)
-            replicas = desired_replicas(md, previous.desired_replicas)
+            wanted_replicas = desired_replicas(md, previous.desired_replicas)
 
-        deployment = await self._apply_children(body, md, replicas, problem, now)
-        selector = ",".join(f"{k}={v}" for k, v in sorted(selector_labels(md).items()))
+        async with self._capacity(body, md, wanted_replicas) as verdict:
+            problem = problem or verdict.problem
+            allocation = verdict.allocation
+            replicas = allocation.max_replicas if allocation is not None else wanted_replicas
+            placement = verdict.placement
+            deployment = await self._apply_children(body, md, replicas, problem, now, placement)
+            if deployment is not None and self.cache is not None:
+                self.cache.deployment_seen("MODIFIED", deployment)
+        if (
+            verdict.tier is not None
+            and self.on_tier_change is not None
+            and (replicas != previous.desired_replicas or previous.tier != verdict.tier.name)
+        ):
+            self.on_tier_change(verdict.tier.name)
+
+        rollout = rollout_of(deployment, replicas)
+        pending = None
+        if rollout is not None and rollout.ready < rollout.desired:
+            pods = await self.kube.list(POD, namespace, label_selector=self._selector(md))
+            pending = unschedulable_reason(pods)
+        wanted = model_conditions(
+            generation,
+            rollout,
+            problem,
+            pending=pending,
+            capacity=(not allocation.limited, allocation.reason, allocation.message)
+            if allocation is not None
+            else None,
+            metrics=metrics_condition(tick) if tick is not None else None,
+        )
         status = next_status(
             previous,
             generation,
@@ -131,22 +166,54 @@ class ModelDeploymentReconciler:
             problem,
             rfc3339(now),
             endpoint=endpoint(md),
-            selector=selector,
+            selector=self._selector(md),
             gpus_per_replica=md.spec.gpu.per_replica,
+            conditions=wanted,
         )
+        update: dict[str, Any] = {"tier": verdict.tier.name if verdict.tier else None}
         if tick is not None:
-            status = self._with_autoscaling(
-                status, previous, generation, deployment, problem, tick, now
-            )
+            update.update(self._autoscaling_fields(previous, tick, now))
         else:
-            status = status.model_copy(update={"queue_depth": None, "autoscaler": None})
+            update.update(queue_depth=None, autoscaler=None)
+        status = status.model_copy(update=update)
         await self._write_status(body, previous, status, now)
-        if tick is not None and tick.decision.changed:
-            reason = "ScaledUp" if tick.decision.direction == "up" else "ScaledDown"
-            await post_event(self.kube, body, "Normal", reason, tick.decision.reason, now)
+        if tick is not None and tick.decision.changed and replicas != previous.desired_replicas:
+            reason = "ScaledUp" if replicas > (previous.desired_replicas or 0) else "ScaledDown"
+            message = tick.decision.reason
+            if allocation is not None and allocation.limited:
+                message += f"; capped by CapacityTier {verdict.tier.name if verdict.tier else ''}"
+                message += f": {allocation.message}"
+            await post_event(self.kube, body, "Normal", reason, message, now)
         if tick is not None:
             return float(md.spec.autoscaling.scrape_interval_seconds)
         return self.resync_seconds
+
+    @staticmethod
+    def _selector(md: ModelDeployment) -> str:
+        return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(md).items()))
+
+    def _capacity(
+        self, body: dict[str, Any], md: ModelDeployment, desired: int
+    ) -> contextlib.AbstractAsyncContextManager[Verdict]:
+        if self.gate is None:
+            return contextlib.nullcontext(Verdict(None, None, None))
+        return self.gate.evaluate(body, md, desired)
+
+    @staticmethod
+    def _autoscaling_fields(
+        previous: ModelDeploymentStatus, tick: Tick, now: datetime
+    ) -> dict[str, Any]:
+        update: dict[str, Any] = {}
+        if tick.flush:
+            per_replica = tick.decision.per_replica
+            update["queue_depth"] = round(per_replica, 2) if per_replica is not None else None
+            update["autoscaler"] = history_status(tick.decision.history)
+        else:
+            update["queue_depth"] = previous.queue_depth
+            update["autoscaler"] = previous.autoscaler
+        if tick.decision.changed:
+            update["last_scale"] = tick.decision.as_status(rfc3339(now))
+        return update
 
     async def _apply_children(
         self,
@@ -155,12 +222,21 @@ class ModelDeploymentReconciler:
         replicas: int,
         problem: Problem | None,
         now: datetime,
+        placement: Placement | None,
     ) -> dict[str, Any] | None:
         """Apply what differs; returns the live Deployment. A known problem blocks rollouts
         (the previous revision keeps serving) but the live state is still reported."""
         namespace = body["metadata"]["namespace"]
         deployment: dict[str, Any] | None = None
-        for child in desired_children(md, replicas, body["metadata"]["uid"]):
+        children = desired_children(
+            md,
+            replicas,
+            body["metadata"]["uid"],
+            priority_class=placement.priority_class if placement else None,
+            node_selector=placement.node_selector if placement else None,
+            tolerations=placement.tolerations if placement else None,
+        )
+        for child in children:
             live = await self.kube.get(resource_for(child), namespace, child["metadata"]["name"])
             if problem is None and needs_apply(child, live):
                 action = "Created" if live is None else "Updated"
@@ -177,34 +253,6 @@ class ModelDeploymentReconciler:
             if child["kind"] == "Deployment":
                 deployment = live
         return deployment
-
-    def _with_autoscaling(
-        self,
-        status: ModelDeploymentStatus,
-        previous: ModelDeploymentStatus,
-        generation: int,
-        deployment: dict[str, Any] | None,
-        problem: Problem | None,
-        tick: Tick,
-        now: datetime,
-    ) -> ModelDeploymentStatus:
-        wanted: Wanted = deployment_status(
-            generation, rollout_of(deployment, tick.decision.replicas), problem
-        )
-        wanted.append(metrics_condition(tick))
-        update: dict[str, Any] = {
-            "conditions": merge_conditions(previous.conditions, wanted, generation, rfc3339(now)),
-        }
-        if tick.flush:
-            per_replica = tick.decision.per_replica
-            update["queue_depth"] = round(per_replica, 2) if per_replica is not None else None
-            update["autoscaler"] = history_status(tick.decision.history)
-        else:
-            update["queue_depth"] = previous.queue_depth
-            update["autoscaler"] = previous.autoscaler
-        if tick.decision.changed:
-            update["last_scale"] = tick.decision.as_status(rfc3339(now))
-        return status.model_copy(update=update)
 
     async def _missing_secrets(self, namespace: str, names: list[str]) -> Problem | None:
         missing = [n for n in names if await self.kube.get(SECRET, namespace, n) is None]

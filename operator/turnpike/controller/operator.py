@@ -11,6 +11,9 @@ from typing import Any
 import kopf
 
 from turnpike.controller.autoscaler import Autoscaler
+from turnpike.controller.cache import Cache
+from turnpike.controller.capacity import CapacityGate
+from turnpike.controller.capacitytier import CapacityTierReconciler
 from turnpike.controller.handlers import build_registry
 from turnpike.controller.leader import LeaderElector
 from turnpike.controller.logs import configure
@@ -66,23 +69,39 @@ async def run(settings: Settings) -> int:
         else None
     )
     queue: WorkQueue | None = None
+    tier_queue: WorkQueue | None = None
     autoscaler: Autoscaler | None = None
     lost_leadership = False
     try:
         if elector is not None and not await elector.acquire(stop):
             return 0
         metrics.leader.set(1)
+        cache = Cache()
+        await cache.prime(kube)
+        gate = CapacityGate(kube, cache, settings.default_tier)
         autoscaler = Autoscaler(kube, metrics, metrics_port=settings.triton_metrics_port)
+        tier_queue = WorkQueue(
+            CapacityTierReconciler(kube, gate, metrics, settings.resync_seconds), workers=1
+        )
         queue = WorkQueue(
-            ModelDeploymentReconciler(kube, metrics, settings.resync_seconds, autoscaler),
+            ModelDeploymentReconciler(
+                kube,
+                metrics,
+                settings.resync_seconds,
+                autoscaler,
+                gate=gate,
+                cache=cache,
+                on_tier_change=lambda tier: tier_queue.add(("", tier)),
+            ),
             workers=settings.workers,
         )
         queue.start()
+        tier_queue.start()
         kopf_stop = asyncio.Event()
         kopf_ready = asyncio.Event()
         kopf_task = asyncio.create_task(
             kopf.operator(
-                registry=build_registry(kube, queue),
+                registry=build_registry(kube, queue, tier_queue, cache),
                 settings=kopf_settings(),
                 standalone=True,
                 clusterwide=not settings.namespaces,
@@ -122,6 +141,8 @@ async def run(settings: Settings) -> int:
     finally:
         if queue is not None:
             await queue.stop()
+        if tier_queue is not None:
+            await tier_queue.stop()
         if autoscaler is not None:
             await autoscaler.close()
         metrics.leader.set(0)

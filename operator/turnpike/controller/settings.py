@@ -22,6 +22,7 @@ class Settings:
     log_level: str
     log_format: str
     triton_metrics_port: int = 8002
+    default_tier: str | None = None
 
 
 def _env(name: str, default: str) -> str:
@@ -80,6 +81,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="port of Triton's metrics endpoint on each pod (default 8002)",
     )
     parser.add_argument(
+        "--default-tier",
+        default=_env("DEFAULT_TIER", "") or None,
+        help="CapacityTier for ModelDeployments that name none (default: the tier "
+        "marked spec.default)",
+    )
+    parser.add_argument(
         "--log-level",
         default=_env("LOG_LEVEL", "info"),
         choices=["debug", "info", "warning", "error"],
@@ -107,4 +114,5 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         log_level=args.log_level,
         log_format=args.log_format,
         triton_metrics_port=args.triton_metrics_port,
+        default_tier=args.default_tier,
     )

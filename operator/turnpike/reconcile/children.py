@@ -10,10 +10,23 @@ from turnpike.reconcile.diff import with_hash
 from turnpike.render import owner_reference, render_deployment, render_pdb, render_service
 
 
-def desired_children(md: ModelDeployment, replicas: int, uid: str) -> list[dict[str, Any]]:
-    """Deployment, Service and PodDisruptionBudget, in the order they are applied."""
+def desired_children(
+    md: ModelDeployment,
+    replicas: int,
+    uid: str,
+    priority_class: str | None = None,
+    node_selector: dict[str, str] | None = None,
+    tolerations: list[dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Deployment, Service and PodDisruptionBudget, in the order they are applied.
+
+    priority_class, node_selector and tolerations come from the CapacityTier.
+    """
     owner = owner_reference(API_VERSION, "ModelDeployment", md.metadata.name, uid)
-    children = [render_deployment(md, replicas), render_service(md), render_pdb(md, replicas)]
+    deployment = render_deployment(md, replicas, priority_class=priority_class,
+                                   extra_node_selector=node_selector or None,
+                                   extra_tolerations=tolerations or None)
+    children = [deployment, render_service(md), render_pdb(md, replicas)]
     owned = []
     for child in children:
         metadata = {**child["metadata"], "ownerReferences": [owner]}

@@ -144,3 +144,65 @@ def merge_conditions(
             )
         )
     return merged
+
+
+def unschedulable_reason(pods: list[dict[str, Any]]) -> str | None:
+    """Why pods wait, in the scheduler's words (and whether they were preempted)."""
+    preempted = 0
+    message = None
+    for pod in pods:
+        status = pod.get("status", {})
+        for c in status.get("conditions", []):
+            if c.get("type") == "DisruptionTarget" and c.get("reason") == "PreemptionByScheduler":
+                preempted += 1
+            if (
+                c.get("type") == "PodScheduled"
+                and c.get("status") == "False"
+                and c.get("reason") == "Unschedulable"
+            ):
+                message = message or c.get("message")
+    parts = []
+    if message:
+        parts.append(f"pods unschedulable: {message}")
+    if preempted:
+        parts.append(f"{preempted} pod(s) preempted by a higher-priority tier")
+    return "; ".join(parts) or None
+
+
+Wanted = list[tuple[str, ConditionStatus, str, str]]
+
+
+def model_conditions(
+    generation: int,
+    rollout: Rollout | None,
+    problem: Problem | None,
+    *,
+    pending: str | None = None,
+    capacity: tuple[bool, str, str] | None = None,
+    metrics: tuple[ConditionStatus, str, str] | None = None,
+) -> Wanted:
+    """Every condition of a ModelDeployment.
+
+    pending: why pods wait (scheduler message, preemption), added to a not-ready
+    Ready condition so `kubectl get md` says why a deployment is short.
+    capacity: (granted in full, reason, message) from the tier, or None without tiers.
+    metrics: the autoscaler's MetricsAvailable, or None without autoscaling.
+    """
+    wanted = deployment_status(generation, rollout, problem)
+    if capacity is not None:
+        full, reason, message = capacity
+        wanted.append(("CapacityAvailable", "True" if full else "False", reason, message))
+        if not full and rollout is not None and rollout.desired == 0 and problem is None:
+            wanted = [
+                ("Ready", "False", reason, message),
+                ("Progressing", "True", "WaitingForCapacity", message),
+                *[w for w in wanted if w[0] not in ("Ready", "Progressing")],
+            ]
+    if pending:
+        wanted = [
+            (t, s, r, f"{m}; {pending}" if t == "Ready" and s == "False" else m)
+            for t, s, r, m in wanted
+        ]
+    if metrics is not None:
+        wanted.append(("MetricsAvailable", *metrics))
+    return wanted

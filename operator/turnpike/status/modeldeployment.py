@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from turnpike.api.status import ModelDeploymentStatus
-from turnpike.status.conditions import Problem, deployment_status, merge_conditions, rollout_of
+from turnpike.status.conditions import (
+    Problem,
+    Wanted,
+    deployment_status,
+    merge_conditions,
+    rollout_of,
+)
 
 
 def next_status(
@@ -19,15 +25,18 @@ def next_status(
     endpoint: str | None,
     selector: str | None,
     gpus_per_replica: int | None,
+    conditions: Wanted | None = None,
 ) -> ModelDeploymentStatus:
     rollout = rollout_of(deployment, desired)
-    wanted = deployment_status(generation, rollout, problem)
-    conditions = merge_conditions(previous.conditions, wanted, generation, now)
+    wanted = (
+        conditions if conditions is not None else deployment_status(generation, rollout, problem)
+    )
+    merged = merge_conditions(previous.conditions, wanted, generation, now)
     replicas = rollout.replicas if rollout else 0
     return previous.model_copy(
         update={
             "observed_generation": generation,
-            "conditions": conditions,
+            "conditions": merged,
             "replicas": replicas,
             "ready_replicas": rollout.ready if rollout else 0,
             "desired_replicas": desired,

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Debian packages the tests and demo need. Idempotent; prints nothing when all
+# are present. Prometheus is used as a plain binary on 127.0.0.1: its package
+# would start a system service listening on every interface, so service starts
+# are refused while it installs.
+set -euo pipefail
+need=()
+command -v prometheus >/dev/null 2>&1 || [[ -x /usr/bin/prometheus ]] || need+=(prometheus)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+[[ ${#need[@]} -eq 0 ]] && exit 0
+if [[ $(id -u) -ne 0 ]]; then
+  echo "install these Debian packages first: ${need[*]}" >&2
+  exit 1
+fi
+echo "installing ${need[*]} (apt-get)" >&2
+added_policy=0
+if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+  chmod +x /usr/sbin/policy-rc.d
+  added_policy=1
+fi
+trap '[[ $added_policy -eq 1 ]] && rm -f /usr/sbin/policy-rc.d' EXIT
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# Never leave a system Prometheus listening on 0.0.0.0:9090.
+if command -v systemctl >/dev/null 2>&1; then systemctl disable --now prometheus 2>/dev/null || true; fi
+pkill -x prometheus 2>/dev/null || true

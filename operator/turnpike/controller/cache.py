@@ -1,0 +1,72 @@
+"""What the operator has seen, kept current by kopf's watch events.
+
+Capacity accounting needs every ModelDeployment of a tier and each one's
+Deployment at every evaluation; reading them from the API server each time
+would cost O(n) requests per reconcile. The cache is primed by one LIST per
+kind before the workers start (so the first evaluation already sees every
+consumer) and written through by the reconciler right after it applies a
+Deployment, so serialized evaluations of one tier never see stale grants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from turnpike.kube import ApiError, Kube
+from turnpike.kube.resources import CAPACITY_TIER, DEPLOYMENT, MODEL_DEPLOYMENT
+from turnpike.render.labels import LABEL_MANAGED_BY, MANAGER
+
+Key = tuple[str, str]
+
+
+def owner_key(body: dict[str, Any]) -> Key | None:
+    """The ModelDeployment that controls a child, if any."""
+    for ref in body.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") == "ModelDeployment":
+            return body["metadata"]["namespace"], ref["name"]
+    return None
+
+
+@dataclass
+class Cache:
+    models: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    deployments: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    tiers: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    async def prime(self, kube: Kube) -> None:
+        for body in await kube.list(MODEL_DEPLOYMENT):
+            self.model_seen("ADDED", body)
+        for body in await kube.list(DEPLOYMENT, label_selector=f"{LABEL_MANAGED_BY}={MANAGER}"):
+            self.deployment_seen("ADDED", body)
+        try:
+            tiers = await kube.list(CAPACITY_TIER)
+        except ApiError as error:
+            if not error.not_found:  # the CapacityTier CRD is optional
+                raise
+            tiers = []
+        for body in tiers:
+            self.tier_seen("ADDED", body)
+
+    def model_seen(self, event: str, body: dict[str, Any]) -> None:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        if event == "DELETED":
+            self.models.pop(key, None)
+        else:
+            self.models[key] = body
+
+    def deployment_seen(self, event: str, body: dict[str, Any]) -> None:
+        key = owner_key(body)
+        if key is None:
+            return
+        if event == "DELETED":
+            self.deployments.pop(key, None)
+        else:
+            self.deployments[key] = body
+
+    def tier_seen(self, event: str, body: dict[str, Any]) -> None:
+        name = body["metadata"]["name"]
+        if event == "DELETED":
+            self.tiers.pop(name, None)
+        else:
+            self.tiers[name] = body

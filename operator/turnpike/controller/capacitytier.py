@@ -1,0 +1,129 @@
+"""Reconcile one CapacityTier: its PriorityClass, its finalizer, its status."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from turnpike.api.capacitytier import CapacityTier
+from turnpike.capacity import (
+    TIER_FINALIZER,
+    may_release,
+    priority_class_needs_replacement,
+    render_priority_class,
+    tier_status,
+)
+from turnpike.capacity.consumers import in_use_by_pool
+from turnpike.controller.capacity import CapacityGate, parsed_tiers
+from turnpike.controller.metrics import Metrics
+from turnpike.kube import Kube
+from turnpike.kube.resources import CAPACITY_TIER, PRIORITY_CLASS
+from turnpike.reconcile.diff import needs_apply, with_hash
+
+log = logging.getLogger(__name__)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class CapacityTierReconciler:
+    kube: Kube
+    gate: CapacityGate
+    metrics: Metrics
+    resync_seconds: float = 60.0
+    clock: Callable[[], datetime] = utcnow
+
+    async def __call__(self, key: tuple[str, str]) -> float | None:
+        started = time.monotonic()
+        result = "error"
+        try:
+            again = await self.reconcile(key[1])
+            result = "ok"
+            return again
+        finally:
+            self.metrics.reconciles.labels("CapacityTier", result).inc()
+            self.metrics.reconcile_seconds.labels("CapacityTier").observe(
+                time.monotonic() - started
+            )
+
+    async def reconcile(self, name: str) -> float | None:
+        body = await self.kube.get(CAPACITY_TIER, None, name)
+        if body is None:
+            return None  # its PriorityClass goes with it (ownerReference)
+        self.gate.cache.tier_seen("MODIFIED", body)
+        try:
+            tier = CapacityTier.from_k8s(body)
+        except ValidationError as error:
+            log.warning("CapacityTier %s is invalid: %s", name, error)
+            return self.resync_seconds
+        consumers = self.gate.consumers_of(tier)
+        finalizers = list(body["metadata"].get("finalizers") or [])
+        deleting = bool(body["metadata"].get("deletionTimestamp"))
+
+        if not deleting and TIER_FINALIZER not in finalizers:
+            body = await self._set_finalizers(body, [*finalizers, TIER_FINALIZER])
+        if not deleting:
+            await self._priority_class(tier, body)
+
+        now = self.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
+        defaults = [t.name for t in parsed_tiers(self.gate.cache) if t.spec.default]
+        status = tier_status(
+            tier,
+            consumers,
+            in_use_by_pool(tier, consumers, self.gate.cache.deployments),
+            now=now,
+            default_tiers=defaults,
+        )
+        if tier.status is None or status != tier.status:
+            await self.kube.patch_status(CAPACITY_TIER, None, name, status.to_k8s())
+
+        if deleting and TIER_FINALIZER in finalizers:
+            release, why = may_release(consumers)
+            if release:
+                await self._set_finalizers(body, [f for f in finalizers if f != TIER_FINALIZER])
+                return None
+            log.info("CapacityTier %s is held: %s", name, why)
+        return self.resync_seconds
+
+    async def _set_finalizers(self, body: dict[str, Any], finalizers: list[str]) -> dict[str, Any]:
+        patch = {
+            "metadata": {
+                "finalizers": finalizers,
+                "resourceVersion": body["metadata"]["resourceVersion"],
+            }
+        }
+        result: dict[str, Any] = await self.kube.request(
+            "PATCH",
+            CAPACITY_TIER.path(None, body["metadata"]["name"]),
+            body=patch,
+            content_type="application/merge-patch+json",
+        )
+        return result
+
+    async def _priority_class(self, tier: CapacityTier, body: dict[str, Any]) -> None:
+        wanted = render_priority_class(tier)
+        wanted["metadata"]["ownerReferences"] = [
+            {
+                "apiVersion": body["apiVersion"],
+                "kind": body["kind"],
+                "name": body["metadata"]["name"],
+                "uid": body["metadata"]["uid"],
+                "controller": True,
+                "blockOwnerDeletion": False,
+            }
+        ]
+        wanted = with_hash(wanted)
+        live = await self.kube.get(PRIORITY_CLASS, None, wanted["metadata"]["name"])
+        if live is not None and priority_class_needs_replacement(live, wanted):
+            await self.kube.delete(PRIORITY_CLASS, None, wanted["metadata"]["name"])
+            live = None
+        if needs_apply(wanted, live):
+            await self.kube.apply(wanted)
