@@ -52,9 +52,8 @@ from hack import loadgen, localcluster  # noqa: E402
 from hack.loopback_kubelet import LoopbackKubelet  # noqa: E402
 from tests.kubectl import Kubectl  # noqa: E402
 from tests.operator_process import OperatorProcess, start_operator  # noqa: E402
-
 from turnpike.kube import Kube, connect  # noqa: E402
-from turnpike.kube.resources import DEPLOYMENT, MODEL_DEPLOYMENT  # noqa: E402
+from turnpike.kube.resources import DEPLOYMENT  # noqa: E402
 
 NAMESPACE = "bench-reaction"
 NAME = "reaction"
@@ -63,9 +62,11 @@ LEASE_ID = "turnpike-bench-reaction"
 TARGET = 4.0
 MAX_REPLICAS = 4
 SERVICE_TIME_MS = 50.0
-PENDING = re.compile(r'^nv_inference_pending_request_count\{[^}]*model="sleepy"[^}]*\}\s+(\S+)',
-                     re.MULTILINE)
+PENDING = re.compile(
+    r'^nv_inference_pending_request_count\{[^}]*model="sleepy"[^}]*\}\s+(\S+)', re.MULTILINE
+)
 RECONCILED = re.compile(rf"^reconciled {NAMESPACE}/{NAME} in ([0-9.]+)s$")
+SCALED_UP = f"event Normal ScaledUp on {NAMESPACE}/{NAME}: "
 
 
 class Interrupted(Exception):
@@ -124,8 +125,9 @@ class DeploymentWatch:
             first = False
             remaining = int(min(900, max(5, deadline - time.monotonic())))
             try:
-                async for _type, obj in self.kube.watch(DEPLOYMENT, NAMESPACE,
-                                                        timeout_seconds=remaining):
+                async for _type, obj in self.kube.watch(
+                    DEPLOYMENT, NAMESPACE, timeout_seconds=remaining
+                ):
                     now = time.time()
                     if obj.get("metadata", {}).get("name") != NAME or _type == "DELETED":
                         continue
@@ -207,51 +209,63 @@ def operator_metric(operator: OperatorProcess, name: str) -> float | None:
     return None
 
 
-def reconciles(log_path: Path) -> list[tuple[float, float]]:
-    """(start, end) wall times of every reconcile of NAME, from the operator's JSON log."""
-    out: list[tuple[float, float]] = []
+def operator_log(log_path: Path) -> tuple[list[tuple[float, float]], list[tuple[float, str]]]:
+    """From the operator's JSON log: (start, end) wall times of every reconcile of NAME,
+    and (time, message) of every ScaledUp event it posted on NAME."""
+    ticks: list[tuple[float, float]] = []
+    scaled: list[tuple[float, str]] = []
     with contextlib.suppress(OSError), log_path.open(errors="replace") as log:
         for line in log:
-            if '"reconciled ' not in line:
+            if '"reconciled ' not in line and "ScaledUp" not in line:
                 continue
             try:
                 entry = json.loads(line)
-            except ValueError:
+                at = datetime.fromisoformat(entry["time"]).timestamp()
+            except (ValueError, KeyError):
                 continue
-            match = RECONCILED.match(str(entry.get("message", "")))
-            if match is None:
-                continue
-            end = datetime.fromisoformat(entry["time"]).timestamp()
-            out.append((end - float(match.group(1)), end))
-    return sorted(out)
+            message = str(entry.get("message", ""))
+            match = RECONCILED.match(message)
+            if match is not None:
+                ticks.append((at - float(match.group(1)), at))
+            elif message.startswith(SCALED_UP):
+                scaled.append((at, message[len(SCALED_UP) :]))
+    return sorted(ticks), scaled
 
 
 def attribute(run: Run, t1: float, log_path: Path) -> None:
     """Split a run with the operator's reconcile timings (logged at the end of each)."""
-    ticks = reconciles(log_path)
+    ticks, scaled = operator_log(log_path)
     before = [s for s, _ in ticks if s < run.t0][-12:]
     gaps = [b - a for a, b in itertools.pairwise(before)]
     if gaps:
         run.tick_period_s = statistics.median(gaps)
     # The reconcile that applied the new replica count started before t1 and
-    # ended after it (it posts the status and the event after the apply).
-    # The log has millisecond resolution: allow for it.
-    scaling = next(((s, e) for s, e in ticks if s <= t1 + 0.002 and e >= t1 - 0.002), None)
+    # ended after it (it writes the status and posts the event after the apply).
+    # Log times have millisecond resolution: allow for it.
+    slack = 0.002
+    scaling = next(((s, e) for s, e in ticks if s <= t1 + slack and e >= t1 - slack), None)
     if scaling is None:
+        run.reason = "no reconcile of this operator spans the change: another operator?"
         return
     run.wait_for_tick_s = scaling[0] - run.t0
     run.tick_to_write_s = t1 - scaling[0]
     run.tick_duration_s = scaling[1] - scaling[0]
     run.ticks_without_scaling = sum(1 for s, _ in ticks if run.t0 <= s < scaling[0])
+    run.reason = next(
+        (m for at, m in scaled if scaling[0] - slack <= at <= scaling[1] + slack),
+        "no ScaledUp event from this operator in that reconcile: another operator?",
+    )
 
 
-async def probe_queue(metrics_url: str, threshold: float, t0: float, until: float,
-                      done: asyncio.Event) -> float | None:
+async def probe_queue(
+    metrics_url: str, threshold: float, t0: float, until: float, done: asyncio.Event
+) -> float | None:
     """Seconds from t0 until Triton itself reports >= threshold pending requests."""
     import aiohttp
 
-    async with aiohttp.ClientSession(trust_env=False,
-                                     timeout=aiohttp.ClientTimeout(total=1.0)) as session:
+    async with aiohttp.ClientSession(
+        trust_env=False, timeout=aiohttp.ClientTimeout(total=1.0)
+    ) as session:
         while time.monotonic() < until and not done.is_set():
             with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
                 async with session.get(metrics_url) as response:
@@ -264,42 +278,63 @@ async def probe_queue(metrics_url: str, threshold: float, t0: float, until: floa
     return None
 
 
-async def steady_state(watch: DeploymentWatch, kubelet: LoopbackKubelet,
-                       operator: OperatorProcess, interval_s: int, stop: threading.Event) -> None:
+async def steady_state(
+    watch: DeploymentWatch,
+    kubelet: LoopbackKubelet,
+    operator: OperatorProcess,
+    interval_s: int,
+    stop: threading.Event,
+) -> None:
     """1 replica, 1 Triton, an empty queue, then quiet for longer than the panic window."""
     deadline = time.monotonic() + stabilization_s(interval_s) + 180
     quiet = panic_window_s(interval_s) + 2 * interval_s + random.uniform(0, interval_s)
     while time.monotonic() < deadline:
         check_stop(stop)
-        if (watch.replicas == 1 and len(kubelet.ready_targets()) == 1
-                and operator_metric(operator, "turnpike_queue_depth") == 0.0):
+        if (
+            watch.replicas == 1
+            and len(kubelet.ready_targets()) == 1
+            and operator_metric(operator, "turnpike_queue_depth") == 0.0
+        ):
             quiet_end = time.monotonic() + quiet
             while time.monotonic() < quiet_end and watch.replicas == 1:
                 await sleep_checked(0.05, stop)
-            if watch.replicas == 1 and len(kubelet.ready_targets()) == 1 and (
-                    operator_metric(operator, "turnpike_queue_depth") == 0.0):
+            if (
+                watch.replicas == 1
+                and len(kubelet.ready_targets()) == 1
+                and (operator_metric(operator, "turnpike_queue_depth") == 0.0)
+            ):
                 return
         await sleep_checked(0.2, stop)
-    raise TimeoutError(f"no steady state (replicas {watch.replicas}, "
-                       f"{len(kubelet.ready_targets())} Tritons) within the deadline")
+    raise TimeoutError(
+        f"no steady state (replicas {watch.replicas}, "
+        f"{len(kubelet.ready_targets())} Tritons) within the deadline"
+    )
 
 
-async def one_run(kube: Kube, watch: DeploymentWatch, kubelet: LoopbackKubelet,
-                  operator: OperatorProcess, interval_s: int, index: int, concurrency: int,
-                  stop: threading.Event) -> Run:
+async def one_run(
+    watch: DeploymentWatch,
+    kubelet: LoopbackKubelet,
+    operator: OperatorProcess,
+    interval_s: int,
+    index: int,
+    concurrency: int,
+    stop: threading.Event,
+) -> Run:
     await steady_state(watch, kubelet, operator, interval_s, stop)
     targets = kubelet.ready_targets()
     timeout_s = max(20.0, 6 * bound_s(interval_s))
     metrics_url = f"http://{targets[0].rsplit(':', 1)[0]}:8002/metrics"
-    load = loadgen.Background(targets, [(timeout_s + 5, concurrency)], max_requests=20_000,
-                              request_timeout_s=10.0)
+    load = loadgen.Background(
+        targets, [(timeout_s + 5, concurrency)], max_requests=20_000, request_timeout_s=10.0
+    )
     t0 = time.time()
     run = Run(interval_s, index, t0)
     began = time.monotonic()
     load.start()
     done = asyncio.Event()
-    probe = asyncio.create_task(probe_queue(metrics_url, concurrency / 2, t0, began + timeout_s,
-                                            done))
+    probe = asyncio.create_task(
+        probe_queue(metrics_url, concurrency / 2, t0, began + timeout_s, done)
+    )
     try:
         change = None
         while time.monotonic() - began < timeout_s:
@@ -316,14 +351,11 @@ async def one_run(kube: Kube, watch: DeploymentWatch, kubelet: LoopbackKubelet,
     if change is not None:
         run.reaction_s = change[0] - t0
         run.replicas_to = change[1]
-        with contextlib.suppress(Exception):
-            md = await kube.get(MODEL_DEPLOYMENT, NAMESPACE, NAME)
-            last = ((md or {}).get("status") or {}).get("lastScale") or {}
-            run.reason = str(last.get("reason", ""))
         # The reconcile that scaled logs its duration when it ends (status, event).
         log_deadline = time.monotonic() + 10
         while time.monotonic() < log_deadline and not any(
-                end >= change[0] for _, end in reconciles(operator.log_path)):
+            end >= change[0] for _, end in operator_log(operator.log_path)[0]
+        ):
             await sleep_checked(0.2, stop)
         attribute(run, change[0], operator.log_path)
     return run
@@ -358,30 +390,47 @@ def summarize(interval_s: int, runs: list[Run]) -> Summary:
 
 
 def markdown(summaries: list[Summary], runs: list[Run], concurrency: int, header: str) -> str:
-    lines = [header, "",
-             "| scrape interval | runs | median (s) | max (s) | bound 2×interval+1 (s) | result |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        header,
+        "",
+        "| scrape interval | runs | median (s) | max (s) | bound 2×interval+1 (s) | result |",
+        "|---|---|---|---|---|---|",
+    ]
     for s in summaries:
         worst = fmt(s.max_s) if s.max_s is not None else f"> timeout ({s.measured}/{s.runs})"
-        lines.append(f"| {s.interval_s} s | {s.runs} | {fmt(s.median_s)} | {worst} "
-                     f"| {s.bound_s:g} | {'pass' if s.passed else 'FAIL'} |")
-    lines += ["", "Where the time goes (medians over the runs):", "",
-              "| scrape interval | tick period (s) | load step → tick start (s) "
-              "| tick start → replicas written (s) | whole reconcile (s) |",
-              "|---|---|---|---|---|"]
+        lines.append(
+            f"| {s.interval_s} s | {s.runs} | {fmt(s.median_s)} | {worst} "
+            f"| {s.bound_s:g} | {'pass' if s.passed else 'FAIL'} |"
+        )
+    lines += [
+        "",
+        "Where the time goes (medians over the runs):",
+        "",
+        "| scrape interval | tick period (s) | load step → tick start (s) "
+        "| tick start → replicas written (s) | whole reconcile (s) |",
+        "|---|---|---|---|---|",
+    ]
     for s in summaries:
-        lines.append(f"| {s.interval_s} s | {fmt(s.tick_period_s)} | {fmt(s.wait_for_tick_s)} "
-                     f"| {fmt(s.tick_to_write_s, 3)} | {fmt(s.tick_duration_s, 3)} |")
-    lines += ["", f"Every run (load step: 0 → {concurrency} concurrent requests):", "",
-              "| interval | run | reaction (s) | queue visible in Triton (s) "
-              "| → tick start (s) | tick → write (s) | ticks that held | replicas | decision |",
-              "|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {s.interval_s} s | {fmt(s.tick_period_s)} | {fmt(s.wait_for_tick_s)} "
+            f"| {fmt(s.tick_to_write_s, 3)} | {fmt(s.tick_duration_s, 3)} |"
+        )
+    lines += [
+        "",
+        f"Every run (load step: 0 → {concurrency} concurrent requests):",
+        "",
+        "| interval | run | reaction (s) | queue visible in Triton (s) "
+        "| → tick start (s) | tick → write (s) | ticks that held | replicas | decision |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in runs:
         held = "-" if r.ticks_without_scaling is None else str(r.ticks_without_scaling)
         to = "-" if r.replicas_to is None else f"1→{r.replicas_to}"
-        lines.append(f"| {r.interval_s} s | {r.index} | {fmt(r.reaction_s)} "
-                     f"| {fmt(r.queue_visible_s, 3)} | {fmt(r.wait_for_tick_s)} "
-                     f"| {fmt(r.tick_to_write_s, 3)} | {held} | {to} | {r.reason} |")
+        lines.append(
+            f"| {r.interval_s} s | {r.index} | {fmt(r.reaction_s)} "
+            f"| {fmt(r.queue_visible_s, 3)} | {fmt(r.wait_for_tick_s)} "
+            f"| {fmt(r.tick_to_write_s, 3)} | {held} | {to} | {r.reason} |"
+        )
     return "\n".join(lines)
 
 
@@ -393,14 +442,18 @@ def other_operators() -> int:
             continue
         with contextlib.suppress(OSError):
             argv = (proc / "cmdline").read_bytes().split(b"\0")
-            if b"turnpike.cli" in argv and b"run" in argv and (
-                    f"--leader-election-id={LEASE_ID}".encode() not in argv):
+            if (
+                b"turnpike.cli" in argv
+                and b"run" in argv
+                and (f"--leader-election-id={LEASE_ID}".encode() not in argv)
+            ):
                 count += 1
     return count
 
 
-async def bench(intervals: list[int], runs_per: int, concurrency: int, out: Path,
-                stop: threading.Event) -> tuple[list[Summary], list[Run], dict[str, Any]]:
+async def bench(
+    intervals: list[int], runs_per: int, concurrency: int, out: Path, stop: threading.Event
+) -> tuple[list[Summary], list[Run], dict[str, Any]]:
     import numpy  # noqa: F401  (warm the load generator's imports before any t0)
     import tritonclient.http.aio  # noqa: F401
 
@@ -421,28 +474,50 @@ async def bench(intervals: list[int], runs_per: int, concurrency: int, out: Path
     try:
         kubectl.run("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
         kubectl.run("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
-        kubectl.run("delete", "namespace", NAMESPACE, "--ignore-not-found", "--timeout=120s",
-                    timeout=150)
+        kubectl.run(
+            "delete", "namespace", NAMESPACE, "--ignore-not-found", "--timeout=120s", timeout=150
+        )
         kubectl.run("create", "namespace", NAMESPACE)
         check_stop(stop)
         print("==> operator (debug logs time every reconcile)", file=sys.stderr, flush=True)
-        operator = start_operator(cluster.kubeconfig, out / "operator.log",
-                                  f"--namespace={NAMESPACE}", f"--leader-election-id={LEASE_ID}",
-                                  "--log-level=debug", "--log-format=json")
+        operator = start_operator(
+            cluster.kubeconfig,
+            out / "operator.log",
+            f"--namespace={NAMESPACE}",
+            f"--leader-election-id={LEASE_ID}",
+            "--log-level=debug",
+            "--log-format=json",
+        )
         kube = await connect(str(cluster.kubeconfig))
         watch = DeploymentWatch(kube)
         watch.start(time.monotonic() + lifetime)
-        kubelet = LoopbackKubelet([cluster.kubectl(), f"--kubeconfig={cluster.kubeconfig}"],
-                                  NAMESPACE, SELECTOR, SERVICE_TIME_MS,
-                                  max_servers=MAX_REPLICAS + 2, log_dir=out)
+        kubelet = LoopbackKubelet(
+            [cluster.kubectl(), f"--kubeconfig={cluster.kubeconfig}"],
+            NAMESPACE,
+            SELECTOR,
+            SERVICE_TIME_MS,
+            max_servers=MAX_REPLICAS + 2,
+            log_dir=out,
+        )
         kubelet.start(lifetime=lifetime)
         for interval_s in intervals:
             check_stop(stop)
-            print(f"==> scrape interval {interval_s}s: panic window {panic_window_s(interval_s)}s,"
-                  f" stabilization {stabilization_s(interval_s)}s", file=sys.stderr, flush=True)
+            print(
+                f"==> scrape interval {interval_s}s: panic window {panic_window_s(interval_s)}s,"
+                f" stabilization {stabilization_s(interval_s)}s",
+                file=sys.stderr,
+                flush=True,
+            )
             kubectl.apply(model_deployment(interval_s))
-            kubectl.run("wait", "--for=condition=Ready", "--timeout=120s", f"md/{NAME}",
-                        "-n", NAMESPACE, timeout=150)
+            kubectl.run(
+                "wait",
+                "--for=condition=Ready",
+                "--timeout=120s",
+                f"md/{NAME}",
+                "-n",
+                NAMESPACE,
+                timeout=150,
+            )
             deadline = time.monotonic() + 120
             while not kubelet.ready_targets() and time.monotonic() < deadline:
                 await sleep_checked(0.2, stop)
@@ -450,13 +525,15 @@ async def bench(intervals: list[int], runs_per: int, concurrency: int, out: Path
                 raise TimeoutError("no Triton serving the ModelDeployment's pod after 120s")
             mine: list[Run] = []
             for index in range(1, runs_per + 1):
-                run = await one_run(kube, watch, kubelet, operator, interval_s, index,
-                                    concurrency, stop)
+                run = await one_run(watch, kubelet, operator, interval_s, index, concurrency, stop)
                 mine.append(run)
-                print(f"    run {index}: reaction {fmt(run.reaction_s)}s (queue visible "
-                      f"{fmt(run.queue_visible_s, 3)}s, tick start {fmt(run.wait_for_tick_s)}s, "
-                      f"tick→write {fmt(run.tick_to_write_s, 3)}s) {run.reason}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"    run {index}: reaction {fmt(run.reaction_s)}s (queue visible "
+                    f"{fmt(run.queue_visible_s, 3)}s, tick start {fmt(run.wait_for_tick_s)}s, "
+                    f"tick→write {fmt(run.tick_to_write_s, 3)}s) {run.reason}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             runs += mine
             summaries.append(summarize(interval_s, mine))
         info["watch_reconnects"] = len(watch.reconnects)
@@ -471,8 +548,15 @@ async def bench(intervals: list[int], runs_per: int, concurrency: int, out: Path
                 operator.stop()
         if kube is not None:
             await kube.close()
-        kubectl.run("delete", "namespace", NAMESPACE, "--ignore-not-found", "--timeout=60s",
-                    timeout=90, check=False)
+        kubectl.run(
+            "delete",
+            "namespace",
+            NAMESPACE,
+            "--ignore-not-found",
+            "--timeout=60s",
+            timeout=90,
+            check=False,
+        )
         if started_cluster:
             localcluster.down()
     return summaries, runs, info
@@ -482,10 +566,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--intervals", default="1,2", help="scrape intervals in seconds")
     parser.add_argument("--runs", type=int, default=5, help="load steps per interval")
-    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight after "
-                        "the step (50 ms each on one Triton instance)")
-    parser.add_argument("--out", type=Path, default=REPO / "out" / "bench-autoscale",
-                        help="operator and Triton logs, results.json")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=16,
+        help="requests in flight after the step (50 ms each on one Triton instance)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "out" / "bench-autoscale",
+        help="operator and Triton logs, results.json",
+    )
     args = parser.parse_args(argv)
     intervals = [int(x) for x in args.intervals.split(",") if x]
     if not intervals or any(not 1 <= i <= 60 for i in intervals):
@@ -500,8 +592,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
 
     def interrupt(signum: int, _frame: object) -> None:
-        print(f"\n==> {signal.Signals(signum).name}: stopping cleanly", file=sys.stderr,
-              flush=True)
+        print(f"\n==> {signal.Signals(signum).name}: stopping cleanly", file=sys.stderr, flush=True)
         stop.set()
 
     signal.signal(signal.SIGINT, interrupt)
@@ -509,25 +600,37 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         summaries, runs, info = asyncio.run(
-            bench(intervals, args.runs, args.concurrency, args.out, stop))
+            bench(intervals, args.runs, args.concurrency, args.out, stop)
+        )
     except Interrupted:
         print("interrupted: no results", file=sys.stderr)
         return 130
     date = subprocess.run(["date"], capture_output=True, text=True, check=False).stdout.strip()
-    header = (f"## bench-autoscale {date}\n\n"
-              f"`python bench/autoscale_reaction.py --intervals {args.intervals} --runs "
-              f"{args.runs} --concurrency {args.concurrency}` on {os.cpu_count()} CPUs, "
-              f"load average {os.getloadavg()[0]:.1f} at the end, "
-              f"took {time.monotonic() - started:.0f}s")
+    header = (
+        f"## bench-autoscale {date}\n\n"
+        f"`python bench/autoscale_reaction.py --intervals {args.intervals} --runs "
+        f"{args.runs} --concurrency {args.concurrency}` on {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f} at the end, "
+        f"took {time.monotonic() - started:.0f}s"
+    )
     if info.get("other_operators"):
-        header += (f"; {info['other_operators']} other operator process(es) were running on "
-                   "this machine")
+        header += (
+            f"; {info['other_operators']} other operator process(es) were running on this machine"
+        )
     text = markdown(summaries, runs, args.concurrency, header)
     print(text)
-    (args.out / "results.json").write_text(json.dumps(
-        {"date": date, "cpus": os.cpu_count(), "info": info,
-         "summaries": [asdict(s) for s in summaries], "runs": [asdict(r) for r in runs]},
-        indent=2))
+    (args.out / "results.json").write_text(
+        json.dumps(
+            {
+                "date": date,
+                "cpus": os.cpu_count(),
+                "info": info,
+                "summaries": [asdict(s) for s in summaries],
+                "runs": [asdict(r) for r in runs],
+            },
+            indent=2,
+        )
+    )
     (args.out / "results.md").write_text(text + "\n")
     return 0 if summaries and all(s.passed for s in summaries) else 1
 

@@ -31,11 +31,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "operator"), str(REPO)]
 
-from tests.kubectl import Kubectl  # noqa: E402
-from tests.operator_process import OperatorProcess, start_operator  # noqa: E402
-
 from hack import loadgen, localcluster  # noqa: E402
 from hack.loopback_kubelet import LoopbackKubelet  # noqa: E402
+from tests.kubectl import Kubectl  # noqa: E402
+from tests.operator_process import OperatorProcess, start_operator  # noqa: E402
 
 NAMESPACE = "turnpike-demo"
 NAME = "demo-llm"

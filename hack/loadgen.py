@@ -303,7 +303,7 @@ def _finish(stats: PhaseStats) -> None:
 
 
 def run(
-    targets: Sequence[str],
+    targets: Sequence[str] | Callable[[], Sequence[str]],
     schedule: Sequence[Phase | tuple[float, int]],
     **kwargs: object,
 ) -> LoadResult:
@@ -316,11 +316,11 @@ class Background:
 
     def __init__(
         self,
-        targets: Sequence[str],
+        targets: Sequence[str] | Callable[[], Sequence[str]],
         schedule: Sequence[Phase | tuple[float, int]],
         **kwargs: object,
     ) -> None:
-        self._targets = list(targets)
+        self._targets = targets if callable(targets) else list(targets)
         self._schedule = _phases(schedule)
         self._kwargs = kwargs
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -384,7 +384,7 @@ class Background:
 
 @contextlib.contextmanager
 def background(
-    targets: Sequence[str],
+    targets: Sequence[str] | Callable[[], Sequence[str]],
     schedule: Sequence[Phase | tuple[float, int]],
     *,
     join_timeout_s: float = 60.0,

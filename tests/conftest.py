@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hack import localcluster
 
+from hack import localcluster
 from tests.kubectl import Kubectl
 from tests.operator_process import OperatorProcess, start_operator
 
@@ -66,6 +66,8 @@ REPO = Path(__file__).resolve().parent.parent
 def crds_installed(kubectl: Kubectl) -> None:
     kubectl.run("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     kubectl.run("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+    kubectl.run("apply", "--server-side", "--force-conflicts", "-f",
+                str(REPO / "deploy" / "admission"))
 
 
 @pytest.fixture(scope="session")

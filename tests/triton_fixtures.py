@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 import pytest
+
 from hack import tritonlocal
 
 T = TypeVar("T")

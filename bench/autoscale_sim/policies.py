@@ -93,11 +93,13 @@ def turnpike_params(max_replicas: int, min_replicas: int = 1) -> Params:
 class TurnpikePolicy:
     """``turnpike.autoscale.policy.decide`` with the pod-scrape metrics source.
 
-    The controller's loop: every scrape interval, read every ready pod's
-    Triton ``/metrics`` (here: the queue, which the shared-queue model spreads
-    evenly over ready pods), then decide with ``current`` = spec'd replicas,
-    ``ready`` = ready pods, ``starting`` = pods still loading, and store the
-    returned history for the next tick.
+    Mirrors ``turnpike.controller.autoscaler.Autoscaler.tick``: every scrape
+    interval (the reconciler requeues after ``scrapeIntervalSeconds``), read
+    every ready pod's Triton ``/metrics`` (here: the queue, which the
+    shared-queue model spreads evenly over ready pods; no observation at all
+    when no pod is ready), then decide with ``current`` = the replicas last
+    set, ``ready`` = ready pods, ``starting`` = pods still loading, no budget
+    (no CapacityTier), and keep the returned history for the next tick.
     """
 
     def __init__(self, params: Params, *, name: str = "turnpike") -> None:
@@ -110,12 +112,15 @@ class TurnpikePolicy:
     def tick(self, view: ClusterView) -> int | None:
         now = EPOCH + view.now
         pods = tuple(f"pod-{pid}" for pid in view.ready)
-        per_pod = view.queue / len(pods) if pods else 0.0
-        observation = Observation(
-            time=now,
-            queue=float(view.queue),
-            pods=pods,
-            queues=dict.fromkeys(pods, per_pod),
+        observation = (
+            Observation(
+                time=now,
+                queue=float(view.queue),
+                pods=pods,
+                queues=dict.fromkeys(pods, view.queue / len(pods)),
+            )
+            if pods
+            else None
         )
         decision = decide(
             self.params,

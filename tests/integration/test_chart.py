@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 import yaml
-from hack import localcluster
 
+from hack import localcluster
 from tests.kubectl import Kubectl
 from turnpike.controller import settings as operator_settings
 from turnpike.kube.resources import KNOWN

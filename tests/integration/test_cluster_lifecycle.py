@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from hack import localcluster
 
 pytestmark = pytest.mark.cluster

@@ -12,8 +12,8 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
-from hack import loadgen, prometheus, tritonlocal
 
+from hack import loadgen, prometheus, tritonlocal
 from tests.triton_fixtures import poll, require, serve
 from turnpike.autoscale.signal import Observation
 from turnpike.autoscale.sources import PodTarget, PrometheusSource

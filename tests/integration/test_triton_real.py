@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hack import loadgen, tritonlocal
 
+from hack import loadgen, tritonlocal
 from tests.triton_fixtures import poll, serve, start_triton
 from turnpike.autoscale.signal import Observation
 from turnpike.autoscale.sources import PodScrapeSource, PodTarget

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from bench.autoscale_sim import run as runmod
 from bench.autoscale_sim.model import ClusterView, ServingModel, simulate
 from bench.autoscale_sim.policies import (
@@ -355,7 +356,7 @@ def test_runner_end_to_end_on_a_tiny_config(tmp_path: Path) -> None:
     outcome = runmod.run(cfg, jobs=1)
     assert {p for _, p in outcome.results} == {*runmod.POLICIES, *runmod.REFERENCES}
     assert "turnpike" in runmod.text_table(outcome, outcome.main_rows())
-    assert len(outcome.verdicts()) == 1 + len(TRACES)
+    assert len(outcome.verdicts()) == 2 + len(TRACES)
     doc = tmp_path / "sim.md"
     doc.write_text(f"# Title\n\nintro\n\n{runmod.BEGIN}\nold\n{runmod.END}\n\noutro\n")
     runmod.write_markdown(doc, outcome, "2026-01-01", "python -m bench.autoscale_sim.run")

@@ -61,7 +61,10 @@ def test_crds_on_disk_are_fresh() -> None:
 
 
 def test_every_kind_is_generated() -> None:
-    assert set(generated()) == {"turnpike.dev_modeldeployments.yaml", "turnpike.dev_capacitytiers.yaml"}
+    assert set(generated()) == {
+        "turnpike.dev_modeldeployments.yaml",
+        "turnpike.dev_capacitytiers.yaml",
+    }
     assert all(text.startswith(HEADER) for text in generated().values())
 
 

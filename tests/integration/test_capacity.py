@@ -1,0 +1,250 @@
+"""Capacity tiers on the local cluster, with the real scheduler and the real operator."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from hack import loadgen
+from hack.localcluster import Cluster
+from hack.loopback_kubelet import LoopbackKubelet
+from tests.kubectl import Kubectl, eventually
+
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("operator")]
+A100 = "NVIDIA-A100-SXM4-80GB"
+H100 = "NVIDIA-H100-80GB-HBM3"
+
+
+def tier(
+    name: str, tier_class: str, budget: dict[str, int], namespaces: list[str], **extra: Any
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "turnpike.dev/v1alpha1",
+        "kind": "CapacityTier",
+        "metadata": {"name": name},
+        "spec": {"class": tier_class, "gpuBudget": budget, "namespaces": namespaces, **extra},
+    }
+
+
+def md(name: str, tier_name: str, product: str | None, tp: int = 1, **spec: Any) -> dict[str, Any]:
+    gpu: dict[str, Any] = {"tensorParallelism": tp}
+    if product:
+        gpu["product"] = product
+    return {
+        "apiVersion": "turnpike.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"uri": "s3://models/m", "backend": "vllm", "name": "sleepy"},
+            "gpu": gpu,
+            "tier": tier_name,
+            **spec,
+        },
+    }
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
+    for c in obj.get("status", {}).get("conditions", []):
+        if c["type"] == type_:
+            return dict(c)
+    return {}
+
+
+@pytest.fixture
+def tiers(kubectl: Kubectl) -> Iterator[list[str]]:
+    """Names of tiers a test creates; deleted (with their consumers gone) afterwards."""
+    created: list[str] = []
+    yield created
+    for name in created:
+        kubectl.run("delete", "capacitytier", name, "--wait=false", check=False)
+
+
+def delete_consumers(kube: Kubectl) -> None:
+    kube.run("delete", "md", "--all", "--wait=true", "--timeout=60s")
+
+
+def test_reserved_preempts_spot_and_spot_says_why(
+    kube: Kubectl, kubectl: Kubectl, tiers: list[str]
+) -> None:
+    suffix = uuid.uuid4().hex[:5]
+    spot, reserved = f"spot-{suffix}", f"reserved-{suffix}"
+    kubectl.apply(
+        tier(spot, "spot", {A100: 8}, [kube.namespace or ""]),
+        tier(reserved, "reserved", {A100: 4}, [kube.namespace or ""]),
+    )
+    tiers += [spot, reserved]
+    pcs = eventually(
+        "the tiers' PriorityClasses",
+        lambda: (
+            found
+            if {f"turnpike-{spot}", f"turnpike-{reserved}"}
+            <= set(found := {pc["metadata"]["name"]: pc for pc in kubectl.items("priorityclasses")})
+            else None
+        ),
+    )
+    assert pcs[f"turnpike-{spot}"]["preemptionPolicy"] == "Never"
+    assert pcs[f"turnpike-{reserved}"]["value"] > pcs[f"turnpike-{spot}"]["value"]
+
+    # Spot fills every A100 (2 nodes × 4 GPUs, whole-node replicas).
+    kube.apply(md("batch", spot, A100, tp=4, replicas=2))
+    kube.run("wait", "--for=condition=Ready", "--timeout=90s", "md/batch", timeout=100)
+
+    kube.apply(md("chat", reserved, A100, tp=4, replicas=1))
+    kube.run("wait", "--for=condition=Ready", "--timeout=90s", "md/chat", timeout=100)
+    pod = kube.items("pods", "-l", "turnpike.dev/model-deployment=chat")[0]
+    assert pod["spec"]["priorityClassName"] == f"turnpike-{reserved}"
+
+    def spot_short() -> dict[str, Any] | None:
+        batch = kube.get("md", "batch")
+        ready = condition(batch, "Ready")
+        return (
+            batch
+            if ready.get("status") == "False" and "unschedulable" in ready.get("message", "")
+            else None
+        )
+
+    batch = eventually("the spot deployment to say why it is short", spot_short, timeout=60)
+    message = condition(batch, "Ready")["message"]
+    assert "1/2 replicas ready" in message and "nvidia.com/gpu" in message, message
+    assert batch["status"]["readyReplicas"] == 1
+    preempted = kube.items("events", "--field-selector", "reason=Preempted")
+    assert preempted, "the scheduler preempted no spot pod"
+    delete_consumers(kube)
+
+
+def test_budget_caps_the_autoscaler_and_raising_it_lets_it_grow(
+    kube: Kubectl, kubectl: Kubectl, cluster: Cluster, tiers: list[str]
+) -> None:
+    name = f"reserved-{uuid.uuid4().hex[:5]}"
+    kubectl.apply(tier(name, "reserved", {H100: 2}, [kube.namespace or ""]))
+    tiers.append(name)
+    body = md(
+        "busy",
+        name,
+        H100,
+        minReplicas=1,
+        maxReplicas=5,
+        autoscaling={
+            "enabled": True,
+            "target": 2,
+            "scrapeIntervalSeconds": 1,
+            "panicWindowSeconds": 2,
+            "stabilizationWindowSeconds": 300,
+        },
+    )
+    body["spec"]["model"]["backend"] = "python"
+    kube.apply(body)
+    kube.run("wait", "--for=condition=Ready", "--timeout=90s", "md/busy", timeout=100)
+    kubelet = LoopbackKubelet(
+        [cluster.kubectl(), f"--kubeconfig={cluster.kubeconfig}"],
+        kube.namespace or "",
+        "turnpike.dev/model-deployment=busy",
+        service_time_ms=50,
+        max_servers=6,
+    )
+    with kubelet:
+        eventually("a Triton serving", kubelet.ready_targets, timeout=60)
+        with loadgen.background(kubelet.ready_targets, [(90, 24)]) as load:
+            _grow_past_the_budget(kube, kubectl, name, load)
+    status = kubectl.get("capacitytier", name)["status"]
+    assert status["budget"][H100] == 5 and status["granted"][H100] > 2
+    delete_consumers(kube)
+
+
+def _grow_past_the_budget(
+    kube: Kubectl, kubectl: Kubectl, name: str, load: loadgen.Background
+) -> None:
+    limited = eventually(
+        "growth stopped at the budget",
+        lambda: (
+            m
+            if condition(m := kube.get("md", "busy"), "CapacityAvailable").get("status") == "False"
+            else None
+        ),
+        timeout=60,
+    )
+    capacity = condition(limited, "CapacityAvailable")
+    assert capacity["reason"] == "BudgetExhausted", capacity
+    assert kube.get("deployment", "busy")["spec"]["replicas"] == 2
+    assert limited["status"]["desiredReplicas"] == 2
+
+    kubectl.run(
+        "patch",
+        "capacitytier",
+        name,
+        "--type=merge",
+        "-p",
+        f'{{"spec": {{"gpuBudget": {{"{H100}": 5}}}}}}',
+    )
+    eventually(
+        "growth past the old budget",
+        lambda: kube.get("deployment", "busy")["spec"]["replicas"] > 2,
+        timeout=60,
+    )
+    load.stop()
+
+
+def test_dedicated_tier_pods_land_only_on_its_pool(
+    kube: Kubectl, kubectl: Kubectl, tiers: list[str]
+) -> None:
+    name = f"dedicated-{uuid.uuid4().hex[:5]}"
+    kubectl.apply(
+        tier(
+            name,
+            "dedicated",
+            {"*": 8},
+            [kube.namespace or ""],
+            nodeSelector={"turnpike.dev/pool": "a100"},
+        )
+    )
+    tiers.append(name)
+    kube.apply(md("private", name, None, replicas=4))  # no product: any GPU node would do
+    kube.run("wait", "--for=condition=Ready", "--timeout=90s", "md/private", timeout=100)
+    pods = kube.items("pods", "-l", "turnpike.dev/model-deployment=private")
+    nodes = {p["spec"]["nodeName"] for p in pods}
+    assert len(pods) == 4
+    assert all(n.startswith("a100-") for n in nodes), nodes
+    delete_consumers(kube)
+
+
+def test_namespace_restriction_and_deletion_protection(
+    kube: Kubectl, kubectl: Kubectl, tiers: list[str]
+) -> None:
+    suffix = uuid.uuid4().hex[:5]
+    closed, open_tier = f"closed-{suffix}", f"open-{suffix}"
+    kubectl.apply(
+        tier(closed, "reserved", {H100: 8}, ["somebody-else"]),
+        tier(open_tier, "on-demand", {H100: 8}, [kube.namespace or ""]),
+    )
+    tiers += [closed, open_tier]
+    refused = kube.run(
+        "apply",
+        "-f",
+        "-",
+        stdin=__import__("json").dumps(md("intruder", closed, H100)),
+        check=False,
+    )
+    assert refused.returncode != 0
+    assert f"may not use CapacityTier {closed}" in refused.stderr, refused.stderr
+
+    kube.apply(md("tenant", open_tier, H100))
+    kube.run("wait", "--for=condition=Ready", "--timeout=90s", "md/tenant", timeout=100)
+    eventually(
+        "the tier to list its consumer",
+        lambda: kubectl.get("capacitytier", open_tier).get("status", {}).get("consumers"),
+    )
+    blocked = kubectl.run("delete", "capacitytier", open_tier, check=False)
+    assert blocked.returncode != 0
+    assert f"{kube.namespace}/tenant" in blocked.stderr, blocked.stderr
+    assert kubectl.get("capacitytier", open_tier)["metadata"].get("deletionTimestamp") is None
+
+    delete_consumers(kube)
+    eventually(
+        "the consumer gone from the tier's status",
+        lambda: not kubectl.get("capacitytier", open_tier).get("status", {}).get("consumers"),
+        timeout=60,
+    )
+    kubectl.run("delete", "capacitytier", open_tier, "--timeout=60s")
