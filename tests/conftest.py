@@ -66,8 +66,9 @@ REPO = Path(__file__).resolve().parent.parent
 def crds_installed(kubectl: Kubectl) -> None:
     kubectl.run("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     kubectl.run("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
-    kubectl.run("apply", "--server-side", "--force-conflicts", "-f",
-                str(REPO / "deploy" / "admission"))
+    kubectl.run(
+        "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "deploy" / "admission")
+    )
 
 
 @pytest.fixture(scope="session")

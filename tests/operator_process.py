@@ -51,16 +51,27 @@ class OperatorProcess:
         return self.process.wait(timeout=timeout)
 
 
-def start_operator(kubeconfig: Path, log_path: Path, *extra: str,
-                   timeout: float = 60) -> OperatorProcess:
+def start_operator(
+    kubeconfig: Path, log_path: Path, *extra: str, timeout: float = 60
+) -> OperatorProcess:
     port = free_port()
     env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "KUBECONFIG": str(kubeconfig)}
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "turnpike.cli", "run", f"--kubeconfig={kubeconfig}",
-             f"--metrics-bind-address=127.0.0.1:{port}", "--leader-election-namespace=default",
-             "--log-format=text", *extra],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
+            [
+                sys.executable,
+                "-m",
+                "turnpike.cli",
+                "run",
+                f"--kubeconfig={kubeconfig}",
+                f"--metrics-bind-address=127.0.0.1:{port}",
+                "--leader-election-namespace=default",
+                "--log-format=text",
+                *extra,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
     operator = OperatorProcess(process, f"http://127.0.0.1:{port}/metrics", log_path)
     deadline = time.monotonic() + timeout

@@ -126,8 +126,8 @@ class Result:
     def slo_attainment(self) -> float:
         """Fraction of arrived requests whose queue wait was within the SLO.
 
-        A request still queued at the end counts with its wait so far, a
-        lower bound, so a backlog at the end is never flattering.
+        A request still queued at the end counts with its wait so far (a
+        lower bound of its real wait).
         """
         if self.arrived == 0:
             return 1.0

@@ -102,12 +102,32 @@ class TurnpikePolicy:
     (no CapacityTier), and keep the returned history for the next tick.
     """
 
-    def __init__(self, params: Params, *, name: str = "turnpike") -> None:
+    def __init__(
+        self, params: Params, *, slots: int | None = None, name: str = "turnpike"
+    ) -> None:
         self.params = params
+        self.slots = slots
         self.name = name
         self.history = History.empty(params.metric)
         self.next_tick = 0.0
         self.last: Decision | None = None
+
+    def in_flight(self, view: ClusterView) -> float | None:
+        """Requests executing on the ready pods, as their Triton would report.
+
+        The model counts requests in service fleet-wide, draining pods
+        included; scraping only reaches ready pods. With ``slots`` known, a
+        queue means every ready slot is busy (the shared queue never waits
+        beside a free slot), and otherwise the ready pods hold at most the
+        fleet-wide count. This is the instantaneous gauge TensorRT-LLM exports
+        (``request_type="active"``); Triton's compute-time counter would give
+        its mean over the scrape interval instead. None (no in-flight metric)
+        without ``slots``.
+        """
+        if self.slots is None:
+            return None
+        full = len(view.ready) * self.slots
+        return float(full if view.queue > 0 else min(view.in_service, full))
 
     def tick(self, view: ClusterView) -> int | None:
         now = EPOCH + view.now
@@ -118,6 +138,7 @@ class TurnpikePolicy:
                 queue=float(view.queue),
                 pods=pods,
                 queues=dict.fromkeys(pods, view.queue / len(pods)),
+                in_flight=self.in_flight(view),
             )
             if pods
             else None
@@ -637,7 +658,7 @@ class GuardedTurnpikePolicy(TurnpikePolicy):
         name: str = "turnpike+guard",
     ) -> None:
         super().__init__(params, name=name)
-        self.slots = slots
+        self.guard_slots = slots
         self.max_utilization = max_utilization
         self._in_flight: deque[tuple[float, int]] = deque()
 
@@ -652,6 +673,6 @@ class GuardedTurnpikePolicy(TurnpikePolicy):
         peak = max(n for _, n in self._in_flight)
         removed_ready = max(0, view.spec_replicas - desired - len(view.loading))
         left = len(view.ready) - removed_ready
-        if left <= 0 or peak > self.max_utilization * left * self.slots:
+        if left <= 0 or peak > self.max_utilization * left * self.guard_slots:
             return view.spec_replicas
         return desired

@@ -21,7 +21,10 @@ def test_quick_demo_scales_up_and_down_on_real_triton_queues(
 ) -> None:
     result = subprocess.run(
         [sys.executable, str(REPO / "hack" / "demo.py"), "--quick", f"--out={tmp_path}"],
-        capture_output=True, text=True, timeout=600, check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     output = result.stdout[-4000:] + result.stderr[-4000:]
     assert result.returncode == 0, output

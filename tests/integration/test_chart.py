@@ -227,10 +227,16 @@ def test_default_render_has_the_expected_objects() -> None:
             ("Service", "turnpike-metrics"),
             ("Deployment", "turnpike"),
             ("PodDisruptionBudget", "turnpike"),
+            ("ValidatingAdmissionPolicy", "capacity-tier-namespaces.turnpike.dev"),
+            ("ValidatingAdmissionPolicyBinding", "capacity-tier-namespaces.turnpike.dev"),
+            ("ValidatingAdmissionPolicy", "turnpike-capacity-tier-in-use"),
+            ("ValidatingAdmissionPolicyBinding", "turnpike-capacity-tier-in-use"),
         ]
     )
     for doc in render():
-        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding") and not doc["kind"].startswith(
+            "ValidatingAdmissionPolicy"
+        ):
             assert doc["metadata"]["namespace"] == NAMESPACE, doc["kind"]
 
 
@@ -707,6 +713,7 @@ def schemas(kubectl: Kubectl, tmp_path_factory: pytest.TempPathFactory) -> Path:
         "policy/v1",
         "rbac.authorization.k8s.io/v1",
         "apiextensions.k8s.io/v1",
+        "admissionregistration.k8s.io/v1",
     }
     written = write_builtin_schemas(kubectl, root, builtin)
     assert ("apps/v1", "Deployment") in written and ("v1", "Service") in written
@@ -744,6 +751,9 @@ def test_kubeconform_validates_every_rendered_object(schemas: Path, rendered: Pa
         ("rbac.authorization.k8s.io/v1", "RoleBinding"),
         ("apiextensions.k8s.io/v1", "CustomResourceDefinition"),
         ("turnpike.dev/v1alpha1", "ModelDeployment"),
+        ("turnpike.dev/v1alpha1", "CapacityTier"),
+        ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy"),
+        ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding"),
     }
     assert by_status.get("statusValid") == expected_valid
     rendered_count = sum(1 for d in yaml.safe_load_all(rendered.read_text()) if d)

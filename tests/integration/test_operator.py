@@ -41,8 +41,9 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
 
 
 def wait_ready(kube: Kubectl, name: str, timeout: int = 90) -> dict[str, Any]:
-    kube.run("wait", "--for=condition=Ready", f"--timeout={timeout}s", f"md/{name}",
-             timeout=timeout + 10)
+    kube.run(
+        "wait", "--for=condition=Ready", f"--timeout={timeout}s", f"md/{name}", timeout=timeout + 10
+    )
     md: dict[str, Any] = kube.get("md", name)
     return md
 
@@ -90,10 +91,16 @@ def test_spec_change_rolls_the_deployment(kube: Kubectl) -> None:
     changed = copy.deepcopy(body)
     changed["spec"]["runtime"] = {"args": ["--log-verbose=1"]}
     kube.apply(changed)
-    after = eventually("the new generation Ready", lambda: (
-        md if (md := kube.get("md", "rolling"))["status"].get("observedGeneration")
-        == before["metadata"]["generation"] + 1
-        and condition(md, "Ready")["status"] == "True" else None))  # type: ignore[index]
+    after = eventually(
+        "the new generation Ready",
+        lambda: (
+            md
+            if (md := kube.get("md", "rolling"))["status"].get("observedGeneration")
+            == before["metadata"]["generation"] + 1
+            and condition(md, "Ready")["status"] == "True"
+            else None
+        ),
+    )  # type: ignore[index]
     template_after = kube.get("deployment", "rolling")["spec"]["template"]
     assert template_after != template_before
     assert "--log-verbose=1" in json.dumps(template_after["spec"]["containers"][0])
@@ -105,11 +112,18 @@ def test_hand_edit_of_a_child_is_repaired(kube: Kubectl) -> None:
     wait_ready(kube, "drift")
     image = kube.get("deployment", "drift")["spec"]["template"]["spec"]["containers"][0]["image"]
     kube.run("set", "image", "deployment/drift", "triton=example.invalid/hacked:1")
-    eventually("the image repaired", lambda: kube.get("deployment", "drift")["spec"]["template"][
-        "spec"]["containers"][0]["image"] == image)
+    eventually(
+        "the image repaired",
+        lambda: (
+            kube.get("deployment", "drift")["spec"]["template"]["spec"]["containers"][0]["image"]
+            == image
+        ),
+    )
     kube.run("scale", "deployment/drift", "--replicas=5")
-    eventually("the replica count repaired",
-               lambda: kube.get("deployment", "drift")["spec"]["replicas"] == 1)
+    eventually(
+        "the replica count repaired",
+        lambda: kube.get("deployment", "drift")["spec"]["replicas"] == 1,
+    )
 
 
 def test_deleting_a_model_deployment_removes_every_child(kube: Kubectl) -> None:
@@ -117,24 +131,40 @@ def test_deleting_a_model_deployment_removes_every_child(kube: Kubectl) -> None:
     wait_ready(kube, "doomed")
     kube.run("delete", "md", "doomed", "--wait=true", "--timeout=60s")
     selector = "turnpike.dev/model-deployment=doomed"
-    eventually("children collected", lambda: not any(
-        kube.items(kind, "-l", selector)
-        for kind in ("deployments", "replicasets", "pods", "services", "pdb")), timeout=60)
+    eventually(
+        "children collected",
+        lambda: (
+            not any(
+                kube.items(kind, "-l", selector)
+                for kind in ("deployments", "replicasets", "pods", "services", "pdb")
+            )
+        ),
+        timeout=60,
+    )
 
 
 def test_kubectl_scale_resizes_the_fleet(kube: Kubectl) -> None:
     kube.apply(small_md("scalable"))
     wait_ready(kube, "scalable")
     kube.run("scale", "md/scalable", "--replicas=3")
-    md = eventually("3 ready replicas", lambda: (
-        m if (m := kube.get("md", "scalable"))["status"].get("readyReplicas") == 3
-        and condition(m, "Ready")["status"] == "True" else None))  # type: ignore[index]
+    md = eventually(
+        "3 ready replicas",
+        lambda: (
+            m
+            if (m := kube.get("md", "scalable"))["status"].get("readyReplicas") == 3
+            and condition(m, "Ready")["status"] == "True"
+            else None
+        ),
+    )  # type: ignore[index]
     assert kube.get("deployment", "scalable")["spec"]["replicas"] == 3
     assert md["status"]["selector"]
-    scale = json.loads(kube.run(
-        "get", "--raw",
-        f"/apis/turnpike.dev/v1alpha1/namespaces/{kube.namespace}/modeldeployments/scalable/scale",
-    ).stdout)
+    scale = json.loads(
+        kube.run(
+            "get",
+            "--raw",
+            f"/apis/turnpike.dev/v1alpha1/namespaces/{kube.namespace}/modeldeployments/scalable/scale",
+        ).stdout
+    )
     assert scale["spec"]["replicas"] == 3 and scale["status"]["replicas"] == 3
 
 
@@ -144,10 +174,16 @@ def test_kubectl_scale_resizes_the_fleet(kube: Kubectl) -> None:
         ({"minReplicas": 4, "maxReplicas": 2}, "spec.minReplicas", "must not exceed"),
         ({"gpu": {"count": 3, "tensorParallelism": 2}}, "spec.gpu.count", "tensorParallelism"),
         ({"model": {"uri": "ftp://x/y", "backend": "python"}}, "spec.model.uri", "should match"),
-        ({"model": {"uri": "s3://x/y", "backend": "tensorflow"}}, "spec.model.backend",
-         "Unsupported value"),
-        ({"gpu": {"tensorParallelism": 2}, "model": {"uri": "s3://x/y", "backend": "python"}},
-         "spec.gpu", "tensorrtllm or vllm"),
+        (
+            {"model": {"uri": "s3://x/y", "backend": "tensorflow"}},
+            "spec.model.backend",
+            "Unsupported value",
+        ),
+        (
+            {"gpu": {"tensorParallelism": 2}, "model": {"uri": "s3://x/y", "backend": "python"}},
+            "spec.gpu",
+            "tensorrtllm or vllm",
+        ),
         ({"autoscaling": {"enabled": True}}, "spec.maxReplicas", "required"),
     ],
 )
@@ -165,20 +201,32 @@ def test_backend_cannot_change_in_place(kube: Kubectl) -> None:
     body = small_md("fixed-backend")
     kube.apply(body)
     body["spec"]["model"]["backend"] = "onnxruntime"
-    result = kube.run("apply", "--server-side", "--field-manager=tests", "-f", "-",
-                      stdin=json.dumps(body), check=False)
+    result = kube.run(
+        "apply",
+        "--server-side",
+        "--field-manager=tests",
+        "-f",
+        "-",
+        stdin=json.dumps(body),
+        check=False,
+    )
     assert result.returncode != 0
     assert "backend cannot change in place" in result.stderr
 
 
-def test_missing_secret_degrades_without_crashing(kube: Kubectl,
-                                                  operator: OperatorProcess) -> None:
+def test_missing_secret_degrades_without_crashing(kube: Kubectl, operator: OperatorProcess) -> None:
     body = small_md("needs-secret")
     body["spec"]["model"]["credentials"] = {"name": "absent"}
     kube.apply(body)
-    md = eventually("Degraded=True", lambda: (
-        m if (c := condition(m := kube.get("md", "needs-secret"), "Degraded"))
-        and c["status"] == "True" else None))
+    md = eventually(
+        "Degraded=True",
+        lambda: (
+            m
+            if (c := condition(m := kube.get("md", "needs-secret"), "Degraded"))
+            and c["status"] == "True"
+            else None
+        ),
+    )
     assert condition(md, "Degraded")["reason"] == "SecretNotFound"  # type: ignore[index]
     assert "absent" in condition(md, "Degraded")["message"]  # type: ignore[index]
     kube.run("create", "secret", "generic", "absent", "--from-literal=AWS_ACCESS_KEY_ID=x")
@@ -197,28 +245,47 @@ def test_a_reconcile_that_changes_nothing_writes_nothing(
         text = kubectl.run("get", "--raw", "/metrics").stdout
         total = 0.0
         for line in text.splitlines():
-            if line.startswith("apiserver_request_total{") and any(
-                f'resource="{r}"' in line
-                for r in ("modeldeployments", "deployments", "services", "poddisruptionbudgets")
-            ) and any(f'verb="{v}"' in line for v in ("APPLY", "PATCH", "POST", "PUT", "DELETE")):
+            if (
+                line.startswith("apiserver_request_total{")
+                and any(
+                    f'resource="{r}"' in line
+                    for r in ("modeldeployments", "deployments", "services", "poddisruptionbudgets")
+                )
+                and any(f'verb="{v}"' in line for v in ("APPLY", "PATCH", "POST", "PUT", "DELETE"))
+            ):
                 total += float(line.rsplit(" ", 1)[1])
         return total
 
     def operator_writes() -> dict[str, float]:
         # Lease renewals (leader election) are the operator's only writes by design.
-        return {k: v for k, v in operator.metrics().items()
-                if k.startswith("turnpike_api_writes_total{") and "resource=leases" not in k}
+        return {
+            k: v
+            for k, v in operator.metrics().items()
+            if k.startswith("turnpike_api_writes_total{") and "resource=leases" not in k
+        }
 
     # Objects in namespaces torn down by earlier tests are still being reconciled
     # (their children vanish first); measure once the cluster is quiet.
-    eventually("no namespace terminating", lambda: not [
-        n for n in kubectl.items("namespaces") if n["status"].get("phase") == "Terminating"
-    ], timeout=60)
+    eventually(
+        "no namespace terminating",
+        lambda: (
+            not [
+                n for n in kubectl.items("namespaces") if n["status"].get("phase") == "Terminating"
+            ]
+        ),
+        timeout=60,
+    )
     writes_before = operator_writes()
     reconciles_before = operator.total("turnpike_reconcile_total")
     server_before = apiserver_writes()
-    eventually("at least 3 more reconciles", lambda: operator.total(
-        "turnpike_reconcile_total") >= reconciles_before + 3 * _live_objects(kube), timeout=30)
+    eventually(
+        "at least 3 more reconciles",
+        lambda: (
+            operator.total("turnpike_reconcile_total")
+            >= reconciles_before + 3 * _live_objects(kube)
+        ),
+        timeout=30,
+    )
     assert operator_writes() == writes_before
     assert apiserver_writes() == server_before
 

@@ -84,6 +84,9 @@ def install(kubectl: Kubectl, *values: str) -> Release:
         "--skip-crds",
         "--set",
         "replicaCount=1",
+        # The shared test cluster has the policies from deploy/admission already.
+        "--set",
+        "admissionPolicies.enabled=false",
         *values,
     )
     return Release(release, namespace, output)

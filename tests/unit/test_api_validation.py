@@ -292,10 +292,7 @@ def _owner(rules: tuple[Rule, ...]) -> type[BaseModel]:
 
 @pytest.mark.parametrize(
     "name",
-    [
-        n
-        for n in sorted(_RULE_SETS)
-    ],
+    [n for n in sorted(_RULE_SETS)],
 )
 def test_models_enforce_their_rules_in_python(name: str) -> None:
     # A rule only in the CRD lets objects stored before the CRD change through.

@@ -220,9 +220,11 @@ def test_backlog_growing_while_models_load_does_not_stampede() -> None:
 
 
 def test_decay_scales_down_only_after_the_window_one_step_at_a_time() -> None:
+    # One step per scale_down_period_s (60 s), not per tick: from 10 to
+    # ceil(6 / 4) = 2 takes 8 steps, 7 periods after the first.
     sim = warm(Sim(replicas=10), 40)
     last_high = sim.t
-    decisions = sim.run([6.0] * 90)
+    decisions = sim.run([6.0] * 300)
     times = [T0 + SCRAPE * (i + 1) for i in range(len(sim.decisions))]
     first_down = next(i for i, d in enumerate(sim.decisions) if d.direction == "down")
     assert times[first_down] - last_high > PARAMS.stabilization_window_s
@@ -232,17 +234,75 @@ def test_decay_scales_down_only_after_the_window_one_step_at_a_time() -> None:
     downs = [d for d in decisions if d.direction == "down"]
     assert [d.current - d.replicas for d in downs] == [1] * 8  # step-limited
     assert sim.replicas == 2  # ceil(6 / 4)
+    down_times = [t for t, d in zip(times, sim.decisions, strict=True) if d.direction == "down"]
+    gaps = {round(b - a) for a, b in zip(down_times, down_times[1:], strict=False)}
+    assert gaps == {62}  # the first sample more than 60 s after the last step
     assert downs[0].reason == (
         "queue 6 over 10 replicas (0.6/replica) at most over the last 120s < target 4±10%: "
-        "scale down 10→9 (stabilization window; wanted 2, maxScaleDownStep 1)"
+        "scale down 10→9 (stabilization window; wanted 2, maxScaleDownStep 1 per 60s)"
     )
+    waiting = next(d for d in decisions if d.direction == "hold" and d.replicas == 9)
+    assert waiting.reason == (
+        "queue 6 over 9 replicas (0.7/replica) < target 4±10%: hold 9, scaled down 2s ago "
+        "(maxScaleDownStep 1 per 60s)"
+    )
+
+
+def test_scale_down_period_zero_steps_every_decision() -> None:
+    """The previous rule, kept behind scale_down_period_s=0."""
+    sim = warm(Sim(params=replace(PARAMS, scale_down_period_s=0.0), replicas=10), 40)
+    sim.run([6.0] * 70)
+    downs = [d for d in sim.decisions if d.direction == "down"]
+    assert [d.current - d.replicas for d in downs] == [1] * 8
+    assert downs[0].reason.endswith("(stabilization window; wanted 2, maxScaleDownStep 1)")
 
 
 def test_larger_scale_down_step() -> None:
     sim = warm(Sim(params=replace(PARAMS, max_scale_down_step=3), replicas=10), 40)
-    sim.run([6.0] * 70)
+    sim.run([6.0] * 160)
     downs = [d.current - d.replicas for d in sim.decisions if d.direction == "down"]
     assert downs == [3, 3, 2]
+
+
+def test_scale_down_step_is_a_budget_per_period() -> None:
+    # Step 3 per 60 s: two removals of 1 (the queue allows only one each
+    # time) leave one more within the same period, then the period holds.
+    params = replace(PARAMS, max_scale_down_step=3, min_replicas=1)
+    sim = settled_low(10, 30.0)  # 10 replicas, queue 30 wants 8 (step 2 allowed)
+    sim.params = params
+    assert sim.step(30.0).replicas == 8  # wanted ceil(30/4) = 8
+    assert sim.step(26.0).replicas == 7  # one left in the period
+    d = sim.step(2.0)
+    assert d.replicas == 7 and "scaled down 2s ago (maxScaleDownStep 3 per 60s)" in d.reason
+
+
+def test_scale_down_period_survives_a_restart() -> None:
+    sim = settled_low(10, 2.0)
+    assert sim.step(2.0).replicas == 9
+    restored = History.from_dict(json.loads(json.dumps(sim.history.to_dict())))
+    assert restored == sim.history
+    sim.history = restored
+    assert sim.step(2.0).replicas == 9  # 2 s after the last step: hold
+
+
+def test_a_history_without_marks_has_no_recent_scale_down() -> None:
+    """Histories stored before the marks existed: [dt, value, ready] entries."""
+    sim = settled_low(10, 2.0)
+    legacy = sim.history.to_dict()
+    legacy["samples"] = [entry[:3] for entry in legacy["samples"]]
+    sim.history = History.from_dict(legacy)
+    assert sim.step(2.0).replicas == 9
+
+
+def test_repeating_a_decision_on_the_same_scrape_reproduces_it() -> None:
+    sim = settled_low(10, 2.0)
+    sim.t += SCRAPE
+    obs = observe(sim.t, 2.0, pods=10)
+    kwargs: dict[str, Any] = {"current": 10, "ready": 10, "starting": 0, "now": sim.t}
+    first = decide(sim.params, history=sim.history, observation=obs, **kwargs)
+    again = decide(sim.params, history=first.history, observation=obs, **kwargs)
+    assert first.replicas == again.replicas == 9
+    assert again.history == first.history
 
 
 def test_a_rebound_inside_the_window_restarts_the_wait() -> None:
@@ -410,7 +470,12 @@ def test_deciding_twice_on_one_observation_is_idempotent() -> None:
         PARAMS, current=4, ready=4, starting=0, history=sim.history, now=obs.time, observation=obs
     )
     again = decide(
-        PARAMS, current=4, ready=4, starting=0, history=first.history, now=obs.time,
+        PARAMS,
+        current=4,
+        ready=4,
+        starting=0,
+        history=first.history,
+        now=obs.time,
         observation=obs,
     )
     assert first.history == again.history

@@ -70,7 +70,7 @@ def test_namespace_allowed(
 
 
 def test_one_static_policy_and_binding_cover_every_tier() -> None:
-    policy, binding = render_admission_objects()
+    policy, binding = render_admission_objects()[:2]
     assert policy["kind"] == "ValidatingAdmissionPolicy"
     assert binding["kind"] == "ValidatingAdmissionPolicyBinding"
     assert policy["apiVersion"] == binding["apiVersion"] == "admissionregistration.k8s.io/v1"

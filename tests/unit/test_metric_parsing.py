@@ -185,7 +185,7 @@ def test_untyped_exposition_without_help_lines_still_parses() -> None:
     [
         ("<html><body><h1>502 Bad Gateway</h1></body></html>", "not Prometheus"),
         ('{"status": "ok"}', "not Prometheus"),
-        ("nv_inference_pending_request_count{model=\"m\"} many\n", "not Prometheus"),
+        ('nv_inference_pending_request_count{model="m"} many\n', "not Prometheus"),
         ('nv_inference_pending_request_count{model="m" 3\n', "not Prometheus"),
         ("\x00\x01\x02garbage", "not Prometheus"),
         ("", "no Triton"),
@@ -248,8 +248,12 @@ def test_queue_wait_is_none_when_nothing_completed() -> None:
 
 def test_queue_wait_from_two_real_scrapes() -> None:
     before = parse_triton_metrics(TRITON_IDLE, model="x")
-    text = TRITON_IDLE.replace('success{model="x",version="1"} 0', 'success{model="x",version="1"} 4')
-    text = text.replace('duration_us{model="x",version="1"} 0', 'duration_us{model="x",version="1"} 1e6')
+    text = TRITON_IDLE.replace(
+        'success{model="x",version="1"} 0', 'success{model="x",version="1"} 4'
+    )
+    text = text.replace(
+        'duration_us{model="x",version="1"} 0', 'duration_us{model="x",version="1"} 1e6'
+    )
     after = parse_triton_metrics(text, model="x")
     assert queue_wait_ms({"p": before}, {"p": after}) == pytest.approx(250.0)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 ENCODING_VERSION = 1
@@ -31,11 +31,25 @@ class HistoryError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """One observation: when (ms since the epoch), the metric, ready replicas."""
+    """One observation: when (ms since the epoch), the metric, ready replicas.
+
+    The optional fields (absent from histories written before they existed):
+
+    * ``in_flight``: requests executing over the ready pods (None: unknown).
+    * ``slots``: the most in-flight requests per ready replica seen while
+      requests were waiting, carried forward from sample to sample (None:
+      never seen). When requests wait, the replicas' slots are full, so this
+      is an empirical per-replica capacity in the in-flight signal's own units.
+    * ``change``: replicas added (> 0) or removed (< 0) by the decision
+      taken on this sample.
+    """
 
     t_ms: int
     value: float
     ready: int
+    in_flight: float | None = None
+    slots: float | None = None
+    change: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,21 +71,47 @@ class History:
     def empty(cls, metric: str) -> History:
         return cls(metric=metric)
 
+    @property
+    def slots(self) -> float | None:
+        """The latest empirical per-replica capacity (see :class:`Sample`)."""
+        return self.samples[-1].slots if self.samples else None
+
     def record(self, sample: Sample, *, max_gap_ms: int) -> History:
         """Append a sample; a re-sent or older one is ignored.
 
         Ignoring repeats keeps a decision idempotent when the controller runs
         twice on the same scrape (a reconcile triggered by something else).
+        The sample inherits the capacity carried by the previous one, raised
+        to its own in-flight per replica if requests were waiting (value > 0).
         """
         if self.samples and sample.t_ms <= self.samples[-1].t_ms:
             return self
         since = self.since_ms
         if not self.samples or since is None or sample.t_ms - self.samples[-1].t_ms > max_gap_ms:
             since = sample.t_ms
+        slots = _max_opt(self.slots, sample.slots)
+        if sample.in_flight is not None and sample.value > 0 and sample.ready > 0:
+            slots = _max_opt(slots, round_value(sample.in_flight / sample.ready))
+        sample = replace(sample, slots=slots)
         return History(self.metric, since, (*self.samples, sample))
+
+    def mark_change(self, change: int) -> History:
+        """Note that the decision on the latest sample changed replicas by ``change``.
+
+        A repeated decision on the same sample replaces the mark rather than
+        adding to it, so deciding twice on one scrape is not counted twice.
+        """
+        if change == 0 or not self.samples:
+            return self
+        last = self.samples[-1]
+        marked = replace(last, change=change)
+        return History(self.metric, self.since_ms, (*self.samples[:-1], marked))
 
     def trimmed(self, *, now_ms: int, keep_ms: int, panic_ms: int) -> History:
         """Drop samples older than the longest window, then bound the length.
+
+        The latest sample's carried capacity (``slots``) survives trimming
+        because every newer sample carries it forward.
 
         When windows are long relative to the scrape interval, samples older
         than the panic window are merged into fixed time buckets keeping the
@@ -100,6 +140,12 @@ class History:
 
         ``{"v": 1, "metric": "queueDepth", "t0": <ms>, "since": <ms>,
         "samples": [[dt_ms, value, ready], ...]}``
+
+        A sample with any optional field set is written as
+        ``[dt_ms, value, ready, in_flight, slots, change]`` with -1 for an
+        unknown in-flight count or capacity. Decoders accept both lengths, so
+        histories written before these fields existed still restore (with no
+        in-flight data and no recent scale-down).
         """
         out: dict[str, Any] = {"v": ENCODING_VERSION, "metric": self.metric}
         if not self.samples:
@@ -109,7 +155,7 @@ class History:
         out["t0"] = t0
         if self.since_ms is not None:
             out["since"] = self.since_ms
-        out["samples"] = [[s.t_ms - t0, s.value, s.ready] for s in self.samples]
+        out["samples"] = [_encode(s, t0) for s in self.samples]
         return out
 
     @classmethod
@@ -130,13 +176,21 @@ class History:
             since = _int(data["since"]) if data.get("since") is not None else None
             samples: list[Sample] = []
             for entry in raw:
-                if not isinstance(entry, list | tuple) or len(entry) != 3:
-                    raise HistoryError(f"sample {entry!r} is not [dt_ms, value, ready]")
+                if not isinstance(entry, list | tuple) or len(entry) not in (3, 6):
+                    raise HistoryError(
+                        f"sample {entry!r} is not [dt_ms, value, ready(, in_flight, slots, change)]"
+                    )
                 value = _number(entry[1])
                 ready = _int(entry[2])
+                in_flight = slots = None
+                change = 0
+                if len(entry) == 6:
+                    in_flight = _optional(entry[3])
+                    slots = _optional(entry[4])
+                    change = _int(entry[5])
                 if value < 0 or ready < 0:
                     raise HistoryError(f"sample {entry!r} has a negative field")
-                sample = Sample(t0 + _int(entry[0]), value, ready)
+                sample = Sample(t0 + _int(entry[0]), value, ready, in_flight, slots, change)
                 if samples and sample.t_ms <= samples[-1].t_ms:
                     raise HistoryError("sample times must increase")
                 samples.append(sample)
@@ -173,10 +227,48 @@ def _merge(samples: list[Sample], width_ms: int) -> list[Sample]:
     for s in samples:
         if out and out[-1].t_ms // width_ms == s.t_ms // width_ms:
             last = out[-1]
-            out[-1] = Sample(s.t_ms, max(last.value, s.value), max(last.ready, s.ready))
+            out[-1] = Sample(
+                s.t_ms,
+                max(last.value, s.value),
+                max(last.ready, s.ready),
+                _max_opt(last.in_flight, s.in_flight),
+                _max_opt(last.slots, s.slots),
+                last.change + s.change,
+            )
         else:
             out.append(s)
     return out
+
+
+def _encode(s: Sample, t0: int) -> list[float]:
+    if s.in_flight is None and s.slots is None and not s.change:
+        return [s.t_ms - t0, s.value, s.ready]
+    return [
+        s.t_ms - t0,
+        s.value,
+        s.ready,
+        -1 if s.in_flight is None else s.in_flight,
+        -1 if s.slots is None else s.slots,
+        s.change,
+    ]
+
+
+def _optional(value: object) -> float | None:
+    """An optional non-negative number encoded with -1 for None."""
+    number = _number(value)
+    if number == -1:
+        return None
+    if number < 0:
+        raise HistoryError(f"{value!r} is negative")
+    return number
+
+
+def _max_opt(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)
 
 
 def _int(value: object) -> int:

@@ -34,6 +34,7 @@ from turnpike.autoscale.history import History, Sample, round_value
 from turnpike.autoscale.signal import Observation
 
 Metric = Literal["queueDepth", "queueTime"]
+ScaleUpBase = Literal["ready", "spec"]
 Direction = Literal["up", "down", "hold"]
 # Called with the replica count the policy wants; returns the most the
 # capacity layer allows (None: no limit). Must be deterministic, or a
@@ -42,6 +43,10 @@ BudgetCap = Callable[[int], int | None]
 
 # Staleness limit in scrape intervals when Params.stale_after_s is unset.
 STALE_AFTER_SCRAPES = 3
+SCALE_DOWN_PERIOD_S = 60.0
+CAPACITY_UTILIZATION: float | None = 0.8
+SCALE_UP_BASE: ScaleUpBase = "ready"
+SCALE_UP_PERIOD_S = 15.0
 _EPS = 1e-9
 
 
@@ -63,6 +68,16 @@ class Params:
     max_scale_up_rate: float = 2.0
     max_scale_down_step: int = 1
     stale_after_s: float | None = None
+    # Not in the API (yet): the period max_scale_down_step is counted over.
+    # 0 restores the old rule (one step per decision).
+    scale_down_period_s: float = SCALE_DOWN_PERIOD_S
+    # Capacity guard: the most of the remaining replicas' empirical slots the
+    # recent in-flight peak may fill after a scale-down. None disables it.
+    capacity_utilization: float | None = CAPACITY_UTILIZATION
+    # Scale-up bound base: "ready" (the ready replicas) or "spec" (ready and
+    # starting, i.e. every replica already paid for).
+    scale_up_base: ScaleUpBase = SCALE_UP_BASE
+    scale_up_period_s: float = SCALE_UP_PERIOD_S
 
     def __post_init__(self) -> None:
         problems = []
@@ -84,6 +99,10 @@ class Params:
             problems.append("max_scale_down_step must be >= 1")
         if self.stale_after_s is not None and not self.stale_after_s > 0:
             problems.append("stale_after_s must be > 0")
+        if self.scale_down_period_s < 0:
+            problems.append("scale_down_period_s must be >= 0")
+        if self.capacity_utilization is not None and not 0 < self.capacity_utilization <= 1:
+            problems.append("capacity_utilization must be in (0, 1]")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -104,6 +123,10 @@ class Params:
             max_scale_up_rate=autoscaling.max_scale_up_rate,
             max_scale_down_step=autoscaling.max_scale_down_step,
         )
+
+    @property
+    def capacity_utilization_pct(self) -> float:
+        return (self.capacity_utilization or 0.0) * 100
 
     @property
     def stale_limit_s(self) -> float:
@@ -188,11 +211,17 @@ def decide(
     value, missing_why = _value(params, observation, now, serving)
     flags = _Flags()
     if observation is not None and value is not None and not observation.partial:
-        sample = Sample(_ms(observation.time), value, serving)
+        busy = observation.in_flight
+        in_flight = round_value(busy) if busy is not None and math.isfinite(busy) else None
+        if in_flight is not None and in_flight < 0:
+            in_flight = None
+        sample = Sample(_ms(observation.time), value, serving, in_flight)
         history = history.record(sample, max_gap_ms=_ms(params.stale_limit_s))
     history = history.trimmed(
         now_ms=now_ms,
-        keep_ms=_ms(max(params.panic_window_s, params.stabilization_window_s)),
+        keep_ms=_ms(
+            max(params.panic_window_s, params.stabilization_window_s, params.scale_down_period_s)
+        ),
         panic_ms=_ms(params.panic_window_s),
     )
     per_replica: float | None = None
@@ -209,6 +238,8 @@ def decide(
 
     desired, reason = _clamp(params, current, desired, reason, flags)
     desired, reason = _cap(budget, current, desired, reason, flags)
+    if observation is not None and value is not None and not observation.partial:
+        history = history.mark_change(desired - current)
     return Decision(
         replicas=desired,
         current=current,
@@ -249,7 +280,19 @@ def _recommend(
     up_load = min(panic_mean, load)
     if up_load > upper:
         wanted = _ceil(up_load / p.target)
-        bound = max(_ceil(ready * p.max_scale_up_rate), ready + 1)
+        base = ready
+        if p.scale_up_base == "spec":
+            # Replicas already asked for count, but only once per period:
+            # the count at the period's start, less what was added since.
+            period_ms = _ms(p.scale_up_period_s)
+            latest = history.samples[-1].t_ms if history.samples else now_ms
+            added = sum(
+                s.change
+                for s in history.samples
+                if s.change > 0 and now_ms - period_ms < s.t_ms < latest
+            )
+            base = max(ready, current - added)
+        bound = max(_ceil(base * p.max_scale_up_rate), ready + 1)
         desired = max(current, min(wanted, bound))
         what = f"{prefix}{_describe(p, up_load, current)} > {band}"
         if desired == current:
@@ -297,16 +340,65 @@ def _recommend(
             f"{_fmt(window_s)}s stabilization window ({_fmt(max(covered_ms, 0) / 1000)}s so far)"
         )
     wanted = _ceil(peak / p.target)
-    desired = max(wanted, current - p.max_scale_down_step)
+    step = p.max_scale_down_step
+    period_ms = _ms(p.scale_down_period_s)
+    if period_ms > 0:
+        # At most max_scale_down_step replicas per period, counting the
+        # removals decided on earlier samples (HPA's scale-down policy).
+        latest = history.samples[-1].t_ms if history.samples else now_ms
+        recent = [s for s in history.samples if s.t_ms > now_ms - period_ms and s.t_ms < latest]
+        step -= sum(-s.change for s in recent if s.change < 0)
+        if step <= 0:
+            last = max(s.t_ms for s in recent if s.change < 0)
+            return current, (
+                f"{now_text} < {band}: hold {current}, scaled down "
+                f"{_fmt((now_ms - last) / 1000)}s ago (maxScaleDownStep "
+                f"{p.max_scale_down_step} per {_fmt(p.scale_down_period_s)}s)"
+            )
+    desired = max(wanted, current - step)
+    limit = ""
+    if wanted < desired:
+        per = f" per {_fmt(p.scale_down_period_s)}s" if period_ms > 0 else ""
+        limit = f"; wanted {wanted}, maxScaleDownStep {p.max_scale_down_step}{per}"
+    guard = _capacity_floor(p, history, window_from)
+    if guard is not None and guard[0] > desired:
+        floor, busy, slots = guard
+        desired = min(floor, current)
+        limit = (
+            f"; {_fmt(busy)} in flight at most over the last {_fmt(window_s)}s need "
+            f"{floor} replicas at {_fmt(p.capacity_utilization_pct)}% of "
+            f"{_fmt(slots)} slots each"
+        )
+        if desired >= current:
+            return current, f"{now_text} < {band}: hold {current}{limit}"
     if desired >= current:
         return current, f"{now_text} < {band}: hold {current}"
     reason = (
         f"{_describe(p, peak, current)} at most over the last {_fmt(window_s)}s < {band}: "
         f"scale down {current}→{desired} (stabilization window"
     )
-    if wanted < desired:
-        reason += f"; wanted {wanted}, maxScaleDownStep {p.max_scale_down_step}"
-    return desired, reason + ")"
+    return desired, reason + limit + ")"
+
+
+def _capacity_floor(
+    p: Params, history: History, window_from: int
+) -> tuple[int, float, float] | None:
+    """Replicas the in-flight peak of the window needs: (floor, peak, slots).
+
+    Slots per replica are empirical (the most in-flight per ready replica
+    seen while requests waited, see :class:`~turnpike.autoscale.history.Sample`),
+    so in-flight and slots share units whatever the in-flight source counts.
+    None when the guard is off, no capacity was ever seen, or the window has
+    no in-flight readings.
+    """
+    slots = history.slots
+    if p.capacity_utilization is None or slots is None or slots <= 0:
+        return None
+    busy = [s.in_flight for s in history.samples if s.t_ms >= window_from and s.in_flight is not None]
+    if not busy:
+        return None
+    peak = max(busy)
+    return _ceil(peak / (p.capacity_utilization * slots)), peak, slots
 
 
 def _value(

@@ -16,6 +16,13 @@ Two signals come out of one exposition:
 * queue time, from counters: mean wait in the scheduler queue over an
   interval, computed from two scrapes, because Triton only exports cumulative
   totals.
+
+A third, optional signal guards scale-down: requests in flight (executing,
+not waiting). TensorRT-LLM reports it as a gauge
+(``nv_trt_llm_request_metrics{request_type="active"}``); for every other
+backend it is the rate of ``nv_inference_compute_infer_duration_us``:
+seconds of compute per second, i.e. the mean number of requests executing
+over the interval (Little's law), computed from two scrapes.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ TRTLLM_REQUESTS = "nv_trt_llm_request_metrics"
 QUEUE_DURATION = "nv_inference_queue_duration_us"
 REQUEST_SUCCESS = "nv_inference_request_success"
 REQUEST_FAILURE = "nv_inference_request_failure"
+COMPUTE_INFER = "nv_inference_compute_infer_duration_us"
 
 # Per-model families that prove a model is loaded (Triton emits them for every
 # loaded model version, zero-valued until traffic arrives).
@@ -49,6 +57,10 @@ class PodMetrics:
     trtllm_waiting: float = 0.0
     queue_duration_us: float = 0.0
     requests: float = 0.0
+    # Cumulative compute time over every model of the pod (None: not exported).
+    compute_infer_us: float | None = None
+    # TensorRT-LLM requests executing (None: no TensorRT-LLM executor).
+    trtllm_active: float | None = None
 
     @property
     def queue(self) -> float:
@@ -76,6 +88,8 @@ def parse_triton_metrics(text: str, model: str | None = None) -> PodMetrics:
 
     sums = dict.fromkeys((PENDING, QUEUE_DURATION, REQUEST_SUCCESS, REQUEST_FAILURE), 0.0)
     waiting = 0.0
+    active: float | None = None
+    compute: float | None = None
     seen_triton = False
     seen_model = model is None
     for family in families:
@@ -91,6 +105,11 @@ def parse_triton_metrics(text: str, model: str | None = None) -> PodMetrics:
                 sums[name] += _checked(name, sample.value)
             elif name == TRTLLM_REQUESTS and sample.labels.get("request_type") == "waiting":
                 waiting += _checked(name, sample.value)
+            elif name == TRTLLM_REQUESTS and sample.labels.get("request_type") == "active":
+                active = (active or 0.0) + _checked(name, sample.value)
+            elif name == COMPUTE_INFER:
+                # Every model: an ensemble's steps all compute for the deployment.
+                compute = (compute or 0.0) + _checked(name, sample.value)
 
     if not seen_triton:
         raise MetricsParseError("no Triton (nv_*) metrics in the body")
@@ -101,6 +120,8 @@ def parse_triton_metrics(text: str, model: str | None = None) -> PodMetrics:
         trtllm_waiting=waiting,
         queue_duration_us=sums[QUEUE_DURATION],
         requests=sums[REQUEST_SUCCESS] + sums[REQUEST_FAILURE],
+        compute_infer_us=compute,
+        trtllm_active=active,
     )
 
 
@@ -131,12 +152,37 @@ def queue_wait_ms(
     return waited_us / completed / 1000.0
 
 
+def pod_in_flight(
+    previous: PodMetrics | None, current: PodMetrics, interval_s: float | None
+) -> float | None:
+    """Requests executing on one pod: TensorRT-LLM's gauge, else a compute rate.
+
+    The rate is the increase of ``nv_inference_compute_infer_duration_us``
+    over ``interval_s`` (seconds between the two scrapes), in requests: a
+    batch of 8 computing for 1 s adds 8 s. A counter that went down means
+    Triton restarted and the new value is the increase since. None when the
+    pod exports neither, or has no earlier reading to take a rate from.
+    """
+    if current.trtllm_active is not None:
+        return current.trtllm_active
+    if current.compute_infer_us is None or previous is None or previous.compute_infer_us is None:
+        return None
+    if interval_s is None or interval_s <= 0:
+        return None
+    delta = current.compute_infer_us - previous.compute_infer_us
+    if delta < 0:
+        delta = current.compute_infer_us
+    return delta / 1e6 / interval_s
+
+
 @dataclass(frozen=True, slots=True)
 class Observation:
     """One sampling round over a deployment's ready pods.
 
     ``queue`` and ``queue_time_ms`` cover only the pods that answered; the
     policy reads ``partial`` to know that the queue is a lower bound.
+    ``in_flight`` is the requests executing over the pods that answered, or
+    None when any of them could not tell (see :func:`pod_in_flight`).
     """
 
     time: float
@@ -145,6 +191,7 @@ class Observation:
     pods: tuple[str, ...] = ()
     queues: Mapping[str, float] = field(default_factory=dict)
     failed: Mapping[str, str] = field(default_factory=dict)
+    in_flight: float | None = None
 
     @property
     def pods_total(self) -> int:

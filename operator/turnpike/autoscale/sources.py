@@ -41,6 +41,7 @@ from turnpike.autoscale.signal import (
     Observation,
     PodMetrics,
     parse_triton_metrics,
+    pod_in_flight,
     queue_wait_ms,
 )
 
@@ -139,6 +140,7 @@ class PodScrapeSource(_SessionHolder):
         self._max_body_bytes = max_body_bytes
         self._clock = clock
         self._previous: dict[str, PodMetrics] = {}
+        self._previous_t: dict[str, float] = {}
         self._lock = asyncio.Lock()
 
     async def __aenter__(self) -> PodScrapeSource:
@@ -187,12 +189,26 @@ class PodScrapeSource(_SessionHolder):
                 failed[name] = f"error: {exc!r}"
 
         wait_ms = queue_wait_ms(self._previous, results)
+        in_flight: float | None = 0.0 if results else None
+        for name, metrics in results.items():
+            previous_t = self._previous_t.get(name)
+            busy = pod_in_flight(
+                self._previous.get(name),
+                metrics,
+                started - previous_t if previous_t is not None else None,
+            )
+            in_flight = None if busy is None or in_flight is None else in_flight + busy
         # Keep old counters of pods that failed this round: the next delta
         # then spans two intervals, which is still a correct mean.
         self._previous = {
             pod.name: results.get(pod.name) or self._previous[pod.name]
             for pod in targets
             if pod.name in results or pod.name in self._previous
+        }
+        self._previous_t = {
+            name: started if name in results else self._previous_t[name]
+            for name in self._previous
+            if name in results or name in self._previous_t
         }
         return Observation(
             time=started,
@@ -201,6 +217,7 @@ class PodScrapeSource(_SessionHolder):
             pods=tuple(pod.name for pod in targets),
             queues={name: m.queue for name, m in results.items()},
             failed=failed,
+            in_flight=in_flight,
         )
 
     async def _scrape(

@@ -218,14 +218,25 @@ def render_manifest() -> str:
     return MANIFEST_HEADER + "---\n" + "---\n".join(docs)
 
 
+def render_chart_template() -> str:
+    """The same objects for the Helm chart, behind `admissionPolicies.enabled` (a cluster
+    has one copy of these cluster-scoped objects: from the chart or from kubectl, not both)."""
+    return (
+        MANIFEST_HEADER
+        + "{{- if .Values.admissionPolicies.enabled }}\n"
+        + render_manifest().removeprefix(MANIFEST_HEADER + "---\n")
+        + "{{- end }}\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Write the policies where kubectl users and the Helm chart find them."""
     import sys
     from pathlib import Path
 
-    text = render_manifest()
     for target in argv if argv is not None else sys.argv[1:]:
         path = Path(target)
+        text = render_chart_template() if "templates" in path.parts else render_manifest()
         if not path.exists() or path.read_text(encoding="utf-8") != text:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")

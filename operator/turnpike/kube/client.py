@@ -8,6 +8,7 @@ produces them, server-side apply accepts them, status patches are dicts.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import AsyncIterator, Callable
@@ -21,6 +22,7 @@ from turnpike.api.constants import FIELD_MANAGER
 from turnpike.kube.resources import Resource, resource_for
 
 WriteHook = Callable[[str, str], None]
+MAX_THROTTLE_RETRIES = 10
 
 
 class ApiError(Exception):
@@ -34,6 +36,7 @@ class ApiError(Exception):
         self.reason = reason
         self.message = message
         self.causes = causes
+        self.retry_after: float | None = None
 
     @property
     def namespace_terminating(self) -> bool:
@@ -93,6 +96,26 @@ class Kube:
         content_type: str = "application/json",
         timeout: float = 30,
     ) -> Any:
+        """One API call; a 429 (priority and fairness, or storage still initialising
+        right after a CRD was created) is retried after the server's Retry-After."""
+        for attempt in range(MAX_THROTTLE_RETRIES + 1):
+            try:
+                return await self._request_once(method, path, query, body, content_type, timeout)
+            except ApiError as error:
+                if error.status != 429 or attempt == MAX_THROTTLE_RETRIES:
+                    raise
+                await asyncio.sleep(min(error.retry_after or 1.0, 5.0))
+        raise AssertionError("unreachable")
+
+    async def _request_once(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, str] | None,
+        body: Any,
+        content_type: str,
+        timeout: float,
+    ) -> Any:
         response = await self._api.call_api(
             path,
             method,
@@ -119,7 +142,10 @@ class Kube:
             if isinstance(data, dict):
                 details = data.get("details") or {}
                 causes = tuple(str(c.get("type", "")) for c in details.get("causes") or [])
-            raise ApiError(response.status, reason or str(response.reason), message, causes)
+            error = ApiError(response.status, reason or str(response.reason), message, causes)
+            retry_after = response.headers.get("Retry-After", "")
+            error.retry_after = float(retry_after) if retry_after.isdigit() else None
+            raise error
         if method != "GET" and self._on_write is not None:
             self._on_write(method, path)
         return data
