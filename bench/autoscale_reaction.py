@@ -7,9 +7,9 @@ subprocess and a real CPU Triton (Python backend, `sleepy`, 50 ms per request,
 one instance) for each Running pod (hack/loopback_kubelet.py). Each run:
 
 1. waits for steady state: the Deployment at 1 replica, one Triton serving,
-   the operator reading an empty queue, then a quiet period longer than the
-   panic window plus a random fraction of a scrape interval (so load steps
-   land at random phases of the operator's tick);
+   the operator reading an empty queue, a quiet period longer than the panic
+   window, then a random fraction of a scrape interval (so load steps land at
+   random phases of the operator's tick);
 2. t0: the load jumps from 0 to --concurrency closed-loop clients (16 against
    a 50 ms single-instance model: a queue of about 15 against a target of 4);
 3. t1: a watch on the Deployment sees spec.replicas change; reaction = t1 - t0;
@@ -21,6 +21,10 @@ also split into "waiting for the next autoscaling tick" and "the tick itself"
 directly to show when the step became visible. Acceptance (issue): median
 reaction <= 2 x scrape interval + 1 s. Prints markdown; everything is bounded
 in time and is removed at the end, also on Ctrl-C.
+
+The cluster may be shared: the bench's operator runs under a service account
+that can write only in bench-reaction (see isolate()), and a run whose scale-up
+was written by some other operator is reported as disturbed and re-run.
 """
 
 from __future__ import annotations
@@ -87,6 +91,7 @@ class Run:
     tick_duration_s: float | None = None  # whole reconcile (includes status + event after)
     ticks_without_scaling: int | None = None  # reconciles that started after t0 and held
     tick_period_s: float | None = None  # median gap between reconcile starts before t0
+    phase_s: float | None = None  # t0 - start of the last reconcile before it
     reason: str = ""
     # The change was not this operator's: another operator on the shared cluster
     # reconciled the object first. Reported, left out of the summary, re-run.
@@ -244,6 +249,8 @@ def attribute(run: Run, t1: float, log_path: Path) -> None:
     gaps = [b - a for a, b in itertools.pairwise(before)]
     if gaps:
         run.tick_period_s = statistics.median(gaps)
+    if before:
+        run.phase_s = run.t0 - before[-1]
     # The reconcile that applied the new replica count started before t1 and
     # ended after it (it writes the status and posts the event after the apply).
     # Log times have millisecond resolution: allow for it.
@@ -294,7 +301,7 @@ async def steady_state(
 ) -> None:
     """1 replica, 1 Triton, an empty queue, then quiet for longer than the panic window."""
     deadline = time.monotonic() + stabilization_s(interval_s) + 180
-    quiet = panic_window_s(interval_s) + 2 * interval_s + random.uniform(0, interval_s)
+    quiet = panic_window_s(interval_s) + 2 * interval_s
     while time.monotonic() < deadline:
         check_stop(stop)
         if (
@@ -328,6 +335,10 @@ async def one_run(
     stop: threading.Event,
 ) -> Run:
     await steady_state(watch, kubelet, operator, interval_s, stop)
+    # A load step lands at any phase of the operator's tick. The checks above talk
+    # to the operator (its /metrics), which can answer late while a tick runs and so
+    # line them up with its ticks: a random wait after them decorrelates t0.
+    await sleep_checked(random.uniform(0, interval_s), stop)
     targets = kubelet.ready_targets()
     timeout_s = max(20.0, 6 * bound_s(interval_s))
     metrics_url = f"http://{targets[0].rsplit(':', 1)[0]}:8002/metrics"
@@ -430,15 +441,16 @@ def markdown(summaries: list[Summary], runs: list[Run], concurrency: int, header
         f"Every run (load step: 0 → {concurrency} concurrent requests):",
         "",
         "| interval | run | reaction (s) | queue visible in Triton (s) "
-        "| → tick start (s) | tick → write (s) | ticks that held | replicas | decision |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| last tick → t0 (s) | t0 → tick start (s) | tick → write (s) | ticks that held "
+        "| replicas | decision |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         held = "-" if r.ticks_without_scaling is None else str(r.ticks_without_scaling)
         to = "-" if r.replicas_to is None else f"1→{r.replicas_to}"
         lines.append(
             f"| {r.interval_s} s | {r.index} | {fmt(r.reaction_s)} "
-            f"| {fmt(r.queue_visible_s, 3)} | {fmt(r.wait_for_tick_s)} "
+            f"| {fmt(r.queue_visible_s, 3)} | {fmt(r.phase_s)} | {fmt(r.wait_for_tick_s)} "
             f"| {fmt(r.tick_to_write_s, 3)} | {held} | {to} "
             f"| {'(disturbed, re-run) ' if r.disturbed else ''}{r.reason} |"
         )

@@ -47,6 +47,7 @@ class Plan:
 
     phases: tuple[tuple[str, float, int], ...]
     stabilization_s: int
+    scale_down_period_s: int
     service_time_ms: float = 50.0
     target: float = 4.0
     max_replicas: int = 6
@@ -56,10 +57,12 @@ FULL = Plan(
     phases=(("warm-up", 20, 2), ("ramp", 30, 12), ("plateau", 40, 24), ("burst", 20, 48),
             ("cool-down", 80, 1)),
     stabilization_s=30,
+    scale_down_period_s=15,
 )
 QUICK = Plan(
     phases=(("ramp", 10, 8), ("burst", 25, 40), ("cool-down", 45, 0)),
     stabilization_s=10,
+    scale_down_period_s=5,
 )
 
 
@@ -81,6 +84,7 @@ def model_deployment(plan: Plan) -> dict[str, Any]:
                 "scrapeIntervalSeconds": 1,
                 "panicWindowSeconds": 4,
                 "stabilizationWindowSeconds": plan.stabilization_s,
+                "scaleDownPeriodSeconds": plan.scale_down_period_s,
             },
         },
     }

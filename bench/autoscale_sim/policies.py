@@ -102,9 +102,7 @@ class TurnpikePolicy:
     (no CapacityTier), and keep the returned history for the next tick.
     """
 
-    def __init__(
-        self, params: Params, *, slots: int | None = None, name: str = "turnpike"
-    ) -> None:
+    def __init__(self, params: Params, *, slots: int | None = None, name: str = "turnpike") -> None:
         self.params = params
         self.slots = slots
         self.name = name

@@ -477,8 +477,9 @@ def markdown_results(outcome: Outcome, today: str, command: str) -> str:
     if outcome.explored:
         out += [
             "",
-            "Turnpike with other parameters or a hypothetical change (not the defaults, not"
-            " what the operator does; `--explore`):",
+            "Turnpike with other parameters or parts of its policy switched off (`--explore`;"
+            " first row: the defaults; `before`: the policy prior to the scale-down period and"
+            " capacity guard; `bench guard`: a simulator-side veto that knows the slot count):",
             "",
             *_markdown_table(outcome, outcome.explore_rows(), fluid=False),
         ]

@@ -140,6 +140,9 @@ def test_compaction_is_stable_across_ticks() -> None:
         {"v": 1, "metric": "queueDepth", "t0": 0, "samples": [[0.5, 1.0, 4]]},
         {"v": 1, "metric": "queueDepth", "t0": 0, "samples": [[10, 1.0, 4], [5, 1.0, 4]]},
         {"v": 1, "metric": "queueDepth", "t0": 0, "samples": [[i, 1.0, 1] for i in range(201)]},
+        {"v": 1, "metric": "queueDepth", "t0": 0, "samples": [[0, 1.0, 4, 2.0]]},
+        {"v": 1, "metric": "queueDepth", "t0": 0, "samples": [[0, 1.0, 4, -2.0, 8.0, 0]]},
+        {"v": 1, "metric": "queueDepth", "t0": 0, "samples": [[0, 1.0, 4, 2.0, 8.0, 0.5]]},
     ],
 )
 def test_malformed_history_raises_history_error(data: dict[str, Any]) -> None:
@@ -156,3 +159,59 @@ def test_restore_discards_another_metrics_history() -> None:
     stored = build([1.0, 2.0]).to_dict()
     assert History.restore(stored, "queueTime") == History(metric="queueTime")
     assert History.restore(stored, "queueDepth") == build([1.0, 2.0])
+
+
+def test_optional_fields_round_trip_in_six_element_entries() -> None:
+    h = History(
+        "queueDepth",
+        T0_MS,
+        (
+            Sample(T0_MS, 3.0, 4),
+            Sample(T0_MS + 2000, 0.0, 4, in_flight=30.5, slots=8.0, change=-1),
+            Sample(T0_MS + 4000, 0.0, 3, in_flight=None, slots=8.0, change=2),
+        ),
+    )
+    data = h.to_dict()
+    assert data["samples"] == [
+        [0, 3.0, 4],
+        [2000, 0.0, 4, 30.5, 8.0, -1],
+        [4000, 0.0, 3, -1, 8.0, 2],
+    ]
+    assert History.from_dict(json.loads(json.dumps(data))) == h
+
+
+def test_recording_learns_and_carries_slots() -> None:
+    h = History.empty("queueDepth")
+    h = h.record(Sample(1000, 0.0, 4, in_flight=20.0), max_gap_ms=6000)
+    assert h.slots is None  # nothing waited: the slots may not be full
+    h = h.record(Sample(3000, 5.0, 4, in_flight=32.0), max_gap_ms=6000)
+    assert h.slots == 8.0
+    h = h.record(Sample(5000, 1.0, 4, in_flight=24.0), max_gap_ms=6000)
+    assert h.slots == 8.0  # the most seen, carried forward
+    h = h.trimmed(now_ms=5000, keep_ms=1000, panic_ms=1000)
+    assert [s.t_ms for s in h.samples] == [5000] and h.slots == 8.0
+
+
+def test_mark_change_replaces_the_latest_mark() -> None:
+    h = History.empty("queueDepth").record(Sample(1000, 0.0, 4), max_gap_ms=6000)
+    h = h.mark_change(-1).mark_change(-1)
+    assert h.samples[-1].change == -1
+
+
+def test_compaction_keeps_marks_and_capacity() -> None:
+    samples = tuple(
+        Sample(i * 1000, 0.0, 4, in_flight=float(i % 7), slots=8.0, change=-1 if i == 3 else 0)
+        for i in range(400)
+    )
+    h = History("queueDepth", 0, samples).trimmed(now_ms=399_000, keep_ms=400_000, panic_ms=6000)
+    assert len(h.samples) <= MAX_ENTRIES
+    assert sum(s.change for s in h.samples) == -1
+    assert h.slots == 8.0
+
+
+def test_six_element_entries_fit_the_status_schema() -> None:
+    from turnpike.controller.autoscaler import history_status
+
+    h = History("queueDepth", T0_MS, (Sample(T0_MS, 0.0, 4, in_flight=30.5, slots=8.0, change=-1),))
+    stored = history_status(h).to_k8s()
+    assert History.restore(stored, "queueDepth") == h

@@ -6,6 +6,7 @@ Every test drives the pure ``decide`` with a simulated clock: one call per
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -235,8 +236,8 @@ def test_decay_scales_down_only_after_the_window_one_step_at_a_time() -> None:
     assert [d.current - d.replicas for d in downs] == [1] * 8  # step-limited
     assert sim.replicas == 2  # ceil(6 / 4)
     down_times = [t for t, d in zip(times, sim.decisions, strict=True) if d.direction == "down"]
-    gaps = {round(b - a) for a, b in zip(down_times, down_times[1:], strict=False)}
-    assert gaps == {62}  # the first sample more than 60 s after the last step
+    gaps = {round(b - a) for a, b in itertools.pairwise(down_times)}
+    assert gaps == {60}  # the first sample once the last step left the period
     assert downs[0].reason == (
         "queue 6 over 10 replicas (0.6/replica) at most over the last 120s < target 4±10%: "
         "scale down 10→9 (stabilization window; wanted 2, maxScaleDownStep 1 per 60s)"
@@ -265,15 +266,20 @@ def test_larger_scale_down_step() -> None:
 
 
 def test_scale_down_step_is_a_budget_per_period() -> None:
-    # Step 3 per 60 s: two removals of 1 (the queue allows only one each
-    # time) leave one more within the same period, then the period holds.
-    params = replace(PARAMS, max_scale_down_step=3, min_replicas=1)
-    sim = settled_low(10, 30.0)  # 10 replicas, queue 30 wants 8 (step 2 allowed)
-    sim.params = params
-    assert sim.step(30.0).replicas == 8  # wanted ceil(30/4) = 8
-    assert sim.step(26.0).replicas == 7  # one left in the period
+    # maxScaleDownStep 3 per 60 s: a removal of 1 (minReplicas allows no
+    # more) leaves 2 for the rest of the period, then the period holds.
+    sim = settled_low(10, 2.0)
+    sim.params = replace(PARAMS, max_scale_down_step=3, min_replicas=9)
+    assert sim.step(2.0).replicas == 9
+    sim.params = replace(PARAMS, max_scale_down_step=3)
     d = sim.step(2.0)
-    assert d.replicas == 7 and "scaled down 2s ago (maxScaleDownStep 3 per 60s)" in d.reason
+    assert d.replicas == 7 and "wanted 1, maxScaleDownStep 3 per 60s" in d.reason
+    d = sim.step(2.0)
+    assert d.replicas == 7 and d.reason.endswith("(maxScaleDownStep 3 per 60s)")
+    sim.run([2.0] * 27)
+    assert sim.replicas == 7  # 58 s after the first removal
+    assert sim.step(2.0).replicas == 6  # the first removal left the period
+    assert sim.step(2.0).replicas == 4  # and then the second
 
 
 def test_scale_down_period_survives_a_restart() -> None:
@@ -620,3 +626,95 @@ def test_params_reject_nonsense(bad: dict[str, Any]) -> None:
 def test_negative_counts_are_refused() -> None:
     with pytest.raises(ValueError):
         decide(PARAMS, current=-1, ready=0, starting=0, history=History(), now=T0, observation=None)
+
+
+# --- capacity guard (in-flight) -----------------------------------------------
+
+
+def busy(t: float, queue: float, in_flight: float | None, *, pods: int) -> Observation:
+    return replace(observe(t, queue, pods=pods), in_flight=in_flight)
+
+
+def run_busy(sim: Sim, samples: Iterable[tuple[float, float | None]]) -> list[Decision]:
+    out = []
+    for queue, in_flight in samples:
+        obs = busy(sim.t + SCRAPE, queue, in_flight, pods=sim.replicas)
+        out.append(sim.step(None, obs=obs))
+    return out
+
+
+def test_slots_are_learned_while_requests_wait() -> None:
+    sim = Sim(params=replace(PARAMS, min_replicas=10), replicas=10)
+    run_busy(sim, [(0.0, 30.0)] * 3)
+    assert sim.history.slots is None  # never saturated: capacity unknown
+    run_busy(sim, [(2.0, 80.0)])  # requests wait beside 80 busy: 8 per replica
+    assert sim.history.slots == 8.0
+    run_busy(sim, [(0.0, 20.0)] * 100)  # carried forward past the window
+    assert sim.history.slots == 8.0
+    assert History.from_dict(json.loads(json.dumps(sim.history.to_dict()))) == sim.history
+
+
+def test_a_fleet_with_busy_slots_and_no_queue_is_not_idle() -> None:
+    # 8 slots per replica (seen saturated once), 44 in flight and no queue:
+    # 44 / (0.8 × 8) needs 7 replicas, so 10 go down to 7 and no further,
+    # where the queue-only rule would go to minReplicas.
+    sim = Sim(params=replace(PARAMS, min_replicas=10), replicas=10)
+    run_busy(sim, [(2.0, 80.0)])
+    sim.params = PARAMS
+    decisions = run_busy(sim, [(0.0, 44.0)] * 400)
+    assert sim.replicas == 7
+    holds = [d for d in decisions if d.replicas == 7 and d.direction == "hold"]
+    assert holds[-1].reason == (
+        "queue 0 over 7 replicas (0/replica) < target 4±10%: hold 7; 44 in flight at most "
+        "over the last 120s need 7 replicas at 80% of 8 slots each"
+    )
+    downs = [d for d in decisions if d.direction == "down"]
+    assert [d.replicas for d in downs] == [9, 8, 7]
+
+
+def test_the_guard_follows_the_in_flight_peak_of_the_window() -> None:
+    sim = Sim(params=replace(PARAMS, min_replicas=10), replicas=10)
+    run_busy(sim, [(2.0, 80.0)])
+    sim.params = PARAMS
+    run_busy(sim, [(0.0, 20.0)] * 60 + [(0.0, 60.0)] + [(0.0, 20.0)] * 50)
+    # 60 in flight 100 s ago needs ceil(60 / 6.4) = 10: still held at 10.
+    assert sim.replicas == 10
+    run_busy(sim, [(0.0, 20.0)] * 11)  # the peak leaves the 120 s window
+    assert sim.replicas == 9
+
+
+def test_the_guard_needs_in_flight_and_a_learned_capacity() -> None:
+    # Without in-flight readings (a source that has none) the queue rule
+    # alone decides, as before.
+    sim = settled_low(10, 2.0)
+    assert sim.step(2.0).replicas == 9
+    # Capacity never seen: in-flight alone cannot tell how busy replicas are.
+    sim = Sim(params=replace(PARAMS, min_replicas=10), replicas=10)
+    run_busy(sim, [(0.0, 70.0)] * 65)
+    sim.params = PARAMS
+    assert run_busy(sim, [(0.0, 70.0)])[0].replicas == 9
+
+
+def test_the_guard_can_be_switched_off() -> None:
+    sim = Sim(params=replace(PARAMS, min_replicas=10, capacity_utilization=None), replicas=10)
+    run_busy(sim, [(2.0, 80.0)] + [(0.0, 70.0)] * 64)
+    sim.params = replace(PARAMS, capacity_utilization=None)
+    assert run_busy(sim, [(0.0, 70.0)])[0].replicas == 9
+
+
+# --- scale-up base ------------------------------------------------------------
+
+
+def test_scale_up_bound_counts_ready_replicas_only_by_default() -> None:
+    sim = Sim(replicas=8)
+    d = sim.step(400.0, ready=2, starting=6)
+    assert d.replicas == 8 and d.limited_by_rate  # 2 × 2 ready < 8 already asked
+
+
+def test_spec_scale_up_base_doubles_what_was_asked_once_per_period() -> None:
+    sim = Sim(params=replace(PARAMS, scale_up_base="spec", scale_up_period_s=15.0), replicas=4)
+    assert sim.step(400.0, ready=4).replicas == 8
+    # The 4 new replicas are loading; for 15 s the base stays at 4.
+    for _ in range(7):
+        assert sim.step(400.0, ready=4, starting=4).replicas == 8
+    assert sim.step(400.0, ready=4, starting=4).replicas == 16  # 16 s later

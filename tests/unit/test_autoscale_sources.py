@@ -31,8 +31,16 @@ from turnpike.autoscale.sources import (
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def exposition(pending: float, queue_us: float = 0, success: float = 0) -> str:
-    return (
+def exposition(
+    pending: float, queue_us: float = 0, success: float = 0, compute_us: float | None = None
+) -> str:
+    compute = (
+        "# TYPE nv_inference_compute_infer_duration_us counter\n"
+        f'nv_inference_compute_infer_duration_us{{model="m",version="1"}} {compute_us}\n'
+        if compute_us is not None
+        else ""
+    )
+    return compute + (
         "# HELP nv_inference_request_success Number of successful inference requests\n"
         "# TYPE nv_inference_request_success counter\n"
         f'nv_inference_request_success{{model="m",version="1"}} {success}\n'
@@ -427,5 +435,32 @@ def test_prometheus_without_pods_sends_nothing() -> None:
         async with PrometheusSource("http://127.0.0.1:9", namespace="ns") as src:
             obs = await src.sample([])
         assert obs.pods == () and not obs.usable
+
+    run(main())
+
+
+def test_in_flight_from_two_rounds_of_compute_time() -> None:
+    async def main() -> None:
+        now = [100.0]
+        compute = {"a": 0.0, "b": 0.0, "c": 0.0}
+
+        def body(pod: str) -> Callable[[], str]:
+            return lambda: exposition(0, compute_us=compute[pod])
+
+        async with fleet() as f:
+            a = await f.text("a", body("a"))
+            b = await f.text("b", body("b"))
+            async with PodScrapeSource(model="m", port=f.port, clock=lambda: now[0]) as src:
+                first = await src.sample([a, b])
+                now[0] += 2.0
+                compute["a"] = 16_000_000.0  # 8 requests computing for 2 s
+                compute["b"] = 4_000_000.0
+                second = await src.sample([a, b])
+                c = await f.text("c", body("c"))
+                now[0] += 2.0
+                third = await src.sample([a, b, c])  # c has no previous reading
+        assert first.in_flight is None
+        assert second.in_flight == pytest.approx(10.0)
+        assert third.in_flight is None
 
     run(main())

@@ -18,6 +18,7 @@ from turnpike.autoscale.signal import (
     Observation,
     PodMetrics,
     parse_triton_metrics,
+    pod_in_flight,
     queue_wait_ms,
 )
 
@@ -276,3 +277,29 @@ def test_failure_summary_is_short_and_sorted() -> None:
     assert obs.failure_summary() == (
         "pod-0: timeout after 1s, pod-1: timeout after 1s, pod-2: timeout after 1s, and 2 more"
     )
+
+
+# --- in-flight ----------------------------------------------------------------
+
+
+def test_compute_time_is_summed_over_every_model() -> None:
+    # In-flight belongs to the pod: an ensemble's steps all compute for it.
+    m = parse_triton_metrics(TRITON_TWO_MODELS, model="classifier")
+    assert m.compute_infer_us == 60_000_000 + 15_000_000 + 700_000
+    assert m.trtllm_active is None
+
+
+def test_trtllm_active_requests_are_the_in_flight_gauge() -> None:
+    m = parse_triton_metrics(TRITON_TRTLLM_ENSEMBLE, model="ensemble")
+    assert m.trtllm_active == 64
+    assert pod_in_flight(None, m, None) == 64  # a gauge needs no previous scrape
+
+
+def test_in_flight_is_the_compute_rate_between_two_scrapes() -> None:
+    before = PodMetrics(compute_infer_us=10_000_000)
+    after = PodMetrics(compute_infer_us=26_000_000)  # 16 s of compute in 2 s
+    assert pod_in_flight(before, after, 2.0) == 8.0
+    assert pod_in_flight(after, PodMetrics(compute_infer_us=4_000_000), 2.0) == 2.0  # restart
+    assert pod_in_flight(None, after, 2.0) is None  # no previous reading
+    assert pod_in_flight(before, after, 0.0) is None
+    assert pod_in_flight(PodMetrics(), PodMetrics(), 2.0) is None  # not exported

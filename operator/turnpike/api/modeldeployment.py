@@ -250,7 +250,19 @@ class Autoscaling(ApiModel):
         default=2.0, gt=1, le=100, description="At most this factor more replicas per step."
     )
     max_scale_down_step: int = Field(
-        default=1, ge=1, le=1000, description="At most this many replicas removed per step."
+        default=1,
+        ge=1,
+        le=1000,
+        description="At most this many replicas removed per scaleDownPeriodSeconds.",
+    )
+    scale_down_period_seconds: int = Field(
+        default=60,
+        ge=0,
+        le=3600,
+        description=(
+            "Period of the scale-down limit: removing replicas one scrape after another "
+            "overshoots while the queue reads empty (0: no time limit)."
+        ),
     )
     source: MetricsSource = Field(
         default=MetricsSource.PODS,

@@ -16,6 +16,15 @@ take minutes to load a model and cost real money while idle:
 * Scale down only when the highest sample over the whole stabilization window
   is below target, and only when samples cover that window without gaps.
   A replica removed too early comes back minutes later, after a cold load.
+* Scale down by at most ``max_scale_down_step`` replicas per
+  ``scale_down_period_s`` (60 s), counting the removals the history records,
+  not per decision: the queue only shows an undersized fleet once it is
+  saturated, so stepping every scrape overshoots.
+* Never scale below what the requests in flight need: the peak in-flight
+  count of the stabilization window over ``capacity_utilization`` (80 %) of
+  each replica's capacity, learned as in-flight per ready replica while
+  requests waited. With hard slot limits the queue is ~0 right up to
+  saturation, so a queue-only rule cannot tell "idle" from "full".
 * Missing, stale or partial metrics never scale down.
 * Load per replica divides by the spec'd replicas, not the ready ones: pods
   that are still starting are capacity already paid for.
@@ -122,6 +131,7 @@ class Params:
             stabilization_window_s=float(autoscaling.stabilization_window_seconds),
             max_scale_up_rate=autoscaling.max_scale_up_rate,
             max_scale_down_step=autoscaling.max_scale_down_step,
+            scale_down_period_s=float(autoscaling.scale_down_period_seconds),
         )
 
     @property
@@ -220,7 +230,12 @@ def decide(
     history = history.trimmed(
         now_ms=now_ms,
         keep_ms=_ms(
-            max(params.panic_window_s, params.stabilization_window_s, params.scale_down_period_s)
+            max(
+                params.panic_window_s,
+                params.stabilization_window_s,
+                params.scale_down_period_s,
+                params.scale_up_period_s,
+            )
         ),
         panic_ms=_ms(params.panic_window_s),
     )
@@ -394,7 +409,9 @@ def _capacity_floor(
     slots = history.slots
     if p.capacity_utilization is None or slots is None or slots <= 0:
         return None
-    busy = [s.in_flight for s in history.samples if s.t_ms >= window_from and s.in_flight is not None]
+    busy = [
+        s.in_flight for s in history.samples if s.t_ms >= window_from and s.in_flight is not None
+    ]
     if not busy:
         return None
     peak = max(busy)
@@ -436,9 +453,7 @@ def _load(metric: Metric, value: float, serving: int) -> float:
     return value if metric == "queueDepth" else value * serving
 
 
-def _clamp(
-    p: Params, current: int, desired: int, reason: str, flags: _Flags
-) -> tuple[int, str]:
+def _clamp(p: Params, current: int, desired: int, reason: str, flags: _Flags) -> tuple[int, str]:
     if desired < p.min_replicas:
         flags.clamped = True
         return p.min_replicas, f"{reason}; raised to minReplicas: {current}→{p.min_replicas}"

@@ -162,9 +162,7 @@ class PodScrapeSource(_SessionHolder):
         targets = list({pod.name: pod for pod in pods}.values())
         session = self._get_session()
         gate = asyncio.Semaphore(self._max_concurrency)
-        tasks = {
-            pod.name: asyncio.create_task(self._scrape(session, gate, pod)) for pod in targets
-        }
+        tasks = {pod.name: asyncio.create_task(self._scrape(session, gate, pod)) for pod in targets}
         try:
             if tasks:
                 await asyncio.wait(tasks.values(), timeout=self._deadline_s)
