@@ -57,8 +57,9 @@ from hack import loadgen, localcluster  # noqa: E402
 from hack.loopback_kubelet import LoopbackKubelet  # noqa: E402
 from tests.kubectl import Kubectl  # noqa: E402
 from tests.operator_process import OperatorProcess, start_operator  # noqa: E402
+from turnpike.api.modeldeployment import Autoscaling  # noqa: E402
 from turnpike.kube import Kube, connect  # noqa: E402
-from turnpike.kube.resources import DEPLOYMENT  # noqa: E402
+from turnpike.kube.resources import DEPLOYMENT, MODEL_DEPLOYMENT  # noqa: E402
 
 NAMESPACE = "bench-reaction"
 NAME = "reaction"
@@ -161,6 +162,17 @@ class DeploymentWatch:
 
 
 def model_deployment(interval_s: int) -> dict[str, Any]:
+    autoscaling: dict[str, Any] = {
+        "enabled": True,
+        "target": TARGET,
+        "scrapeIntervalSeconds": interval_s,
+        "panicWindowSeconds": panic_window_s(interval_s),
+        "stabilizationWindowSeconds": stabilization_s(interval_s),
+    }
+    if "scale_down_period_seconds" in Autoscaling.model_fields:
+        # Back to one replica as soon as the stabilization window allows, so runs
+        # follow each other quickly; scale-down pacing is not what is measured.
+        autoscaling["scaleDownPeriodSeconds"] = 0
     return {
         "apiVersion": "turnpike.dev/v1alpha1",
         "kind": "ModelDeployment",
@@ -171,13 +183,7 @@ def model_deployment(interval_s: int) -> dict[str, Any]:
             "gpu": {"product": "NVIDIA-H100-80GB-HBM3"},
             "minReplicas": 1,
             "maxReplicas": MAX_REPLICAS,
-            "autoscaling": {
-                "enabled": True,
-                "target": TARGET,
-                "scrapeIntervalSeconds": interval_s,
-                "panicWindowSeconds": panic_window_s(interval_s),
-                "stabilizationWindowSeconds": stabilization_s(interval_s),
-            },
+            "autoscaling": autoscaling,
         },
     }
 
@@ -325,7 +331,23 @@ async def steady_state(
     )
 
 
+async def why_not_scaled(kube: Kube) -> str:
+    """The ModelDeployment's conditions that are not as expected, for a run that timed out."""
+    try:
+        md = await kube.get(MODEL_DEPLOYMENT, NAMESPACE, NAME)
+    except Exception as error:
+        return f"no scale-up; reading the ModelDeployment failed: {error}"
+    conditions = ((md or {}).get("status") or {}).get("conditions") or []
+    odd = [
+        f"{c.get('type')}={c.get('status')} {c.get('reason', '')}: {c.get('message', '')}"
+        for c in conditions
+        if (c.get("type") == "Degraded") == (c.get("status") == "True")
+    ]
+    return "no scale-up within the run's timeout; " + ("; ".join(odd) or "conditions all fine")
+
+
 async def one_run(
+    kube: Kube,
     watch: DeploymentWatch,
     kubelet: LoopbackKubelet,
     operator: OperatorProcess,
@@ -366,7 +388,9 @@ async def one_run(
         load.stop()
         run.queue_visible_s = await probe
         await asyncio.to_thread(load.join, 30)
-    if change is not None:
+    if change is None:
+        run.reason = await why_not_scaled(kube)
+    else:
         run.reaction_s = change[0] - t0
         run.replicas_to = change[1]
         # The reconcile that scaled logs its duration when it ends (status, event).
@@ -624,7 +648,9 @@ async def bench(
             # A run another operator disturbed is re-run, up to runs_per extra runs.
             while sum(not r.disturbed for r in mine) < runs_per and index < 2 * runs_per:
                 index += 1
-                run = await one_run(watch, kubelet, operator, interval_s, index, concurrency, stop)
+                run = await one_run(
+                    kube, watch, kubelet, operator, interval_s, index, concurrency, stop
+                )
                 mine.append(run)
                 print(
                     f"    run {index}: reaction {fmt(run.reaction_s)}s (queue visible "
@@ -633,6 +659,13 @@ async def bench(
                     file=sys.stderr,
                     flush=True,
                 )
+                if len(mine) >= 2 and all(r.reaction_s is None for r in mine[-2:]):
+                    print(
+                        "    two runs in a row without a scale-up: next interval",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    break
             runs += mine
             summaries.append(summarize(interval_s, mine))
         info["watch_reconnects"] = len(watch.reconnects)

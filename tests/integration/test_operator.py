@@ -292,3 +292,74 @@ def test_a_reconcile_that_changes_nothing_writes_nothing(
 
 def _live_objects(kube: Kubectl) -> int:
     return max(1, len(kube.items("md")))
+
+
+def test_examples_apply_idempotently_and_the_operator_owns_no_user_field(
+    kube: Kubectl, kubectl: Kubectl
+) -> None:
+    """GitOps: a second server-side apply of the examples changes nothing, and once the
+    operator has reconciled them `kubectl diff` of the user's manifests is empty."""
+    files = [p for p in sorted(EXAMPLES.glob("*.yaml")) if p.name != "capacity-tiers.yaml"]
+    # The example tiers include a default tier and namespace lists meant for a real
+    # cluster; here they are renamed and made non-default so no other test is affected.
+    suffix = kube.namespace[-5:] if kube.namespace else "x"
+    tiers = []
+    for doc in yaml.safe_load_all((EXAMPLES / "capacity-tiers.yaml").read_text()):
+        doc["metadata"]["name"] = f"{doc['metadata']['name']}-{suffix}"
+        doc["spec"].pop("default", None)
+        doc["spec"]["namespaces"] = [kube.namespace]
+        tiers.append(doc)
+    tiers_file = Path(f"/tmp/tiers-{suffix}.yaml")
+    tiers_file.write_text(yaml.safe_dump_all(tiers))
+    try:
+
+        def apply_all() -> dict[str, str]:
+            versions = {}
+            for path in [*files, tiers_file]:
+                out = kube.run(
+                    "apply",
+                    "--server-side",
+                    "--field-manager=gitops",
+                    "-f",
+                    str(path),
+                    "-o",
+                    "json",
+                ).stdout
+                for obj in _objects(json.loads(out)):
+                    versions[f"{obj['kind']}/{obj['metadata']['name']}"] = obj["metadata"][
+                        "resourceVersion"
+                    ]
+            return versions
+
+        apply_all()
+        for path in files:
+            name = yaml.safe_load(path.read_text())["metadata"]["name"]
+            eventually(
+                f"{name} reconciled",
+                lambda n=name: kube.get("md", n).get("status", {}).get("observedGeneration") == 1,
+            )
+        eventually(
+            "the tiers reconciled",
+            lambda: all(
+                kubectl.get("capacitytier", t["metadata"]["name"]).get("status") for t in tiers
+            ),
+        )
+        before = {k: v for k, v in apply_all().items()}
+        after = apply_all()
+        assert after == before, "a second apply changed objects"
+        for path in [*files, tiers_file]:
+            diff = kube.run(
+                "diff", "--server-side", "--field-manager=gitops", "-f", str(path), check=False
+            )
+            assert diff.returncode == 0, f"kubectl diff {path.name}:\n{diff.stdout}{diff.stderr}"
+    finally:
+        kube.run("delete", "md", "--all", "--wait=true", "--timeout=60s", check=False)
+        for t in tiers:
+            kubectl.run(
+                "delete", "capacitytier", t["metadata"]["name"], "--wait=false", check=False
+            )
+        tiers_file.unlink(missing_ok=True)
+
+
+def _objects(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(doc.get("items", [doc])) if doc.get("kind", "").endswith("List") else [doc]

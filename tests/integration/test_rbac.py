@@ -369,3 +369,62 @@ def test_operator_runs_with_nothing_but_the_chart_rbac(
     assert "Forbidden" not in log and " 403" not in log, operator.log_tail(80)
     released = kubectl.in_namespace(release.namespace).get("lease", release.fullname)
     assert not released["spec"].get("holderIdentity"), "the lease was not released on SIGTERM"
+
+
+def test_helm_upgrade_with_changed_values_keeps_models_serving(
+    kubectl: Kubectl, release: Release, operator: object
+) -> None:
+    """Upgrading the operator (new values, new pod template) leaves running models alone:
+    their Deployments and pods are the same objects afterwards and they stay Ready."""
+    namespace = f"t-upgrade-{uuid.uuid4().hex[:5]}"
+    kubectl.run("create", "namespace", namespace)
+    kube = kubectl.in_namespace(namespace)
+    try:
+        kube.apply(
+            {
+                "apiVersion": "turnpike.dev/v1alpha1",
+                "kind": "ModelDeployment",
+                "metadata": {"name": "serving"},
+                "spec": {"model": {"uri": "s3://models/tiny", "backend": "python"}, "replicas": 2},
+            }
+        )
+        kube.run("wait", "--for=condition=Ready", "--timeout=90s", "md/serving", timeout=100)
+        before = kube.get("deployment", "serving")
+        pods_before = {p["metadata"]["uid"] for p in kube.items("pods")}
+        operator_before = kubectl.in_namespace(release.namespace).get(
+            "deployment", release.fullname
+        )
+
+        helm(
+            kubectl.kubeconfig,
+            "upgrade",
+            release.name,
+            str(CHART),
+            "--namespace",
+            release.namespace,
+            "--reuse-values",
+            "--set",
+            "operator.logLevel=debug",
+            "--set",
+            "operator.workers=4",
+            "--wait=false",
+        )
+
+        operator_after = kubectl.in_namespace(release.namespace).get("deployment", release.fullname)
+        assert (
+            operator_after["metadata"]["generation"] > operator_before["metadata"]["generation"]
+        ), "the upgrade did not change the operator's Deployment"
+        assert (
+            "--log-level=debug"
+            in operator_after["spec"]["template"]["spec"]["containers"][0]["args"]
+        )
+        after = kube.get("deployment", "serving")
+        assert after["metadata"]["uid"] == before["metadata"]["uid"]
+        assert after["metadata"]["generation"] == before["metadata"]["generation"]
+        assert {p["metadata"]["uid"] for p in kube.items("pods")} == pods_before
+        ready = kube.get("md", "serving")
+        assert any(
+            c["type"] == "Ready" and c["status"] == "True" for c in ready["status"]["conditions"]
+        )
+    finally:
+        kubectl.run("delete", "namespace", namespace, "--wait=false", check=False)

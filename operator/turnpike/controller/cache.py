@@ -34,11 +34,15 @@ class Cache:
     deployments: dict[Key, dict[str, Any]] = field(default_factory=dict)
     tiers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    async def prime(self, kube: Kube) -> None:
-        for body in await kube.list(MODEL_DEPLOYMENT):
-            self.model_seen("ADDED", body)
-        for body in await kube.list(DEPLOYMENT, label_selector=f"{LABEL_MANAGED_BY}={MANAGER}"):
-            self.deployment_seen("ADDED", body)
+    async def prime(self, kube: Kube, namespaces: tuple[str, ...] = ()) -> None:
+        """One LIST per kind (per watched namespace when the operator is scoped)."""
+        scopes: tuple[str | None, ...] = namespaces or (None,)
+        selector = f"{LABEL_MANAGED_BY}={MANAGER}"
+        for namespace in scopes:
+            for body in await kube.list(MODEL_DEPLOYMENT, namespace):
+                self.model_seen("ADDED", body)
+            for body in await kube.list(DEPLOYMENT, namespace, label_selector=selector):
+                self.deployment_seen("ADDED", body)
         try:
             tiers = await kube.list(CAPACITY_TIER)
         except ApiError as error:

@@ -77,7 +77,7 @@ async def run(settings: Settings) -> int:
             return 0
         metrics.leader.set(1)
         cache = Cache()
-        await cache.prime(kube)
+        await cache.prime(kube, settings.namespaces)
         gate = CapacityGate(kube, cache, settings.default_tier)
         autoscaler = Autoscaler(kube, metrics, metrics_port=settings.triton_metrics_port)
         tier_queue = WorkQueue(
