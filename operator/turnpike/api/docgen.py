@@ -90,16 +90,20 @@ def reference() -> str:
     return "\n".join(out)
 
 
+def write_if_changed(path: Path, text: str) -> None:
+    """Generated files are rewritten only when their text changes (clean git status)."""
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m turnpike.api.docgen")
     parser.add_argument("path", type=Path, nargs="?", default=Path("docs/api-reference.md"))
     args = parser.parse_args(argv)
     path: Path = args.path
-    text = reference()
-    if not path.exists() or path.read_text(encoding="utf-8") != text:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-        print(f"wrote {path}")
+    write_if_changed(path, reference())
     return 0
 
 

@@ -234,13 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     import sys
     from pathlib import Path
 
+    from turnpike.api.docgen import write_if_changed
+
     for target in argv if argv is not None else sys.argv[1:]:
         path = Path(target)
         text = render_chart_template() if "templates" in path.parts else render_manifest()
-        if not path.exists() or path.read_text(encoding="utf-8") != text:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
-            print(f"wrote {path}")
+        write_if_changed(path, text)
     return 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,17 +41,7 @@ class CapacityTierReconciler:
     clock: Callable[[], datetime] = utcnow
 
     async def __call__(self, key: tuple[str, str]) -> float | None:
-        started = time.monotonic()
-        result = "error"
-        try:
-            again = await self.reconcile(key[1])
-            result = "ok"
-            return again
-        finally:
-            self.metrics.reconciles.labels("CapacityTier", result).inc()
-            self.metrics.reconcile_seconds.labels("CapacityTier").observe(
-                time.monotonic() - started
-            )
+        return await self.metrics.measured("CapacityTier", lambda: self.reconcile(key[1]))
 
     async def reconcile(self, name: str) -> float | None:
         body = await self.kube.get(CAPACITY_TIER, None, name)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+T = TypeVar("T")
 
 
 class Metrics:
@@ -65,3 +71,15 @@ class Metrics:
             "1 while this replica holds the leader lease.",
             registry=self.registry,
         )
+
+    async def measured(self, kind: str, reconcile: Callable[[], Awaitable[T]]) -> T:
+        """Count and time one reconcile of kind; an exception counts as an error."""
+        started = time.monotonic()
+        result = "error"
+        try:
+            value = await reconcile()
+            result = "ok"
+            return value
+        finally:
+            self.reconciles.labels(kind, result).inc()
+            self.reconcile_seconds.labels(kind).observe(time.monotonic() - started)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -69,17 +68,7 @@ class ModelDeploymentReconciler:
     clock: Callable[[], datetime] = utcnow
 
     async def __call__(self, key: Key) -> float | None:
-        started = time.monotonic()
-        result = "error"
-        try:
-            again = await self.reconcile(key)
-            result = "ok"
-            return again
-        finally:
-            self.metrics.reconciles.labels("ModelDeployment", result).inc()
-            self.metrics.reconcile_seconds.labels("ModelDeployment").observe(
-                time.monotonic() - started
-            )
+        return await self.metrics.measured("ModelDeployment", lambda: self.reconcile(key))
 
     async def reconcile(self, key: Key) -> float | None:
         try:
