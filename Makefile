@@ -65,3 +65,9 @@ demo: setup system-deps ## the whole loop: local cluster, operator, real Tritons
 .PHONY: system-deps
 system-deps: ## Debian packages the tests need (prometheus, openssl), installed once
 	hack/install-system-deps.sh
+
+.PHONY: bench-autoscale
+bench-autoscale: setup system-deps ## autoscaler: reaction on real Triton (~4 min), then the HPA/KPA/KEDA simulation (~30 s)
+	hack/build-cluster.sh >/dev/null
+	$(PY) bench/autoscale_reaction.py
+	$(PY) -m bench.autoscale_sim.run --out docs/autoscale-sim.png --markdown docs/autoscale-sim.md

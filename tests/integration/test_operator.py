@@ -186,6 +186,7 @@ def test_kubectl_scale_resizes_the_fleet(kube: Kubectl) -> None:
             "tensorrtllm or vllm",
         ),
         ({"autoscaling": {"enabled": True}}, "spec.maxReplicas", "required"),
+        ({"replica": 2}, "spec.replica", "field not declared in schema"),
     ],
 )
 def test_invalid_manifests_are_refused_with_the_field_named(

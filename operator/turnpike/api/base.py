@@ -1,7 +1,12 @@
 """Common pydantic configuration for every API object.
 
-Kubernetes spells fields in camelCase; Python code reads snake_case. Unknown
-fields are refused so a typo in a manifest is an error, not a silent default.
+Kubernetes spells fields in camelCase; Python code reads snake_case.
+
+Unknown fields are ignored here on purpose. Typos never reach the operator: the
+API server prunes fields the CRD does not declare and kubectl's strict field
+validation reports them. What does reach it is a field from a newer CRD applied
+before the operator is upgraded (the documented upgrade order); refusing those
+would stop every object that uses them until the new operator runs.
 """
 
 from typing import Any
@@ -14,7 +19,7 @@ class ApiModel(BaseModel):
     model_config = ConfigDict(
         alias_generator=to_camel,
         populate_by_name=True,
-        extra="forbid",
+        extra="ignore",
         frozen=True,
     )
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -66,6 +66,8 @@ class _State:
     source_kind: tuple[str, str | None, str | None]
     history: History
     flushed_at: float = 0.0
+    last: Tick | None = None
+    last_at: float = 0.0
 
 
 @dataclass
@@ -123,6 +125,13 @@ class Autoscaler:
         budget: int | None = None,
     ) -> Tick:
         state = self._source(key, md, stored)
+        interval = float(md.spec.autoscaling.scrape_interval_seconds)
+        if state.last is not None and self.clock() - state.last_at < 0.9 * interval:
+            # Reconciles triggered by other events (a child changed, status written)
+            # must not add samples: the policy's windows count samples, and a burst
+            # of extra zero readings would dilute the panic window.
+            held = replace(state.last.decision, current=state.last.decision.replicas)
+            return Tick(held, state.last.ready, state.last.starting, flush=False)
         selector = ",".join(f"{k}={v}" for k, v in sorted(selector_labels(md).items()))
         pods = await self.kube.list(POD, key[0], label_selector=selector)
         targets, starting = split_pods(pods)
@@ -153,7 +162,9 @@ class Autoscaler:
         self.metrics.desired_replicas.labels(*labels).set(decision.replicas)
         self.metrics.ready_replicas.labels(*labels).set(len(targets))
         self.metrics.scaling_decisions.labels(decision.direction).inc()
-        return Tick(decision, len(targets), starting, flush)
+        state.last = Tick(decision, len(targets), starting, flush)
+        state.last_at = now
+        return state.last
 
     def forget(self, key: Key) -> None:
         self._states.pop(key, None)
