@@ -39,7 +39,7 @@ kubeconfig: setup ## print the local cluster's kubeconfig path
 crds: setup ## regenerate crds/ from the pydantic models
 	$(PY) -m turnpike.api.crdgen crds/
 	$(PY) -m turnpike.api.docgen docs/api-reference.md
-	$(PY) -m turnpike.capacity.admission deploy/admission/capacity-tiers.yaml charts/turnpike/templates/capacity-admission.yaml
+	$(PY) -m turnpike.manifests deploy/admission/capacity-tiers.yaml charts/turnpike/templates/capacity-admission.yaml
 	hack/sync-chart-crds.sh
 
 .PHONY: lint

@@ -27,7 +27,7 @@ def test_api_reference_documents_every_spec_field_users_reach_for() -> None:
 
 
 def test_admission_manifests_are_current() -> None:
-    from turnpike.capacity.admission import render_chart_template, render_manifest
+    from turnpike.manifests import render_chart_template, render_manifest
 
     root = DOC.parents[1]
     for path, text in (
