@@ -7,6 +7,7 @@ writes only what differs.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
@@ -216,7 +217,6 @@ class ModelDeploymentReconciler:
         """Apply what differs; returns the live Deployment. A known problem blocks rollouts
         (the previous revision keeps serving) but the live state is still reported."""
         namespace = body["metadata"]["namespace"]
-        deployment: dict[str, Any] | None = None
         children = desired_children(
             md,
             replicas,
@@ -225,23 +225,30 @@ class ModelDeploymentReconciler:
             node_selector=placement.node_selector if placement else None,
             tolerations=placement.tolerations if placement else None,
         )
-        for child in children:
-            live = await self.kube.get(resource_for(child), namespace, child["metadata"]["name"])
-            if problem is None and needs_apply(child, live):
-                action = "Created" if live is None else "Updated"
-                live = await self.kube.apply(child)
-                self.metrics.children_applied.labels(child["kind"]).inc()
-                await post_event(
-                    self.kube,
-                    body,
-                    "Normal",
-                    action,
-                    f"{action} {child['kind']} {child['metadata']['name']}",
-                    now,
-                )
-            if child["kind"] == "Deployment":
-                deployment = live
-        return deployment
+        lives = await asyncio.gather(
+            *(self.kube.get(resource_for(c), namespace, c["metadata"]["name"]) for c in children)
+        )
+        stale = [
+            (child, live)
+            for child, live in zip(children, lives, strict=True)
+            if problem is None and needs_apply(child, live)
+        ]
+        applied = await asyncio.gather(*(self.kube.apply(child) for child, _ in stale))
+        live_by_kind = {c["kind"]: live for c, live in zip(children, lives, strict=True)}
+        for (child, _), after in zip(stale, applied, strict=True):
+            live_by_kind[child["kind"]] = after
+            self.metrics.children_applied.labels(child["kind"]).inc()
+        if stale:
+            # One Event per reconcile, not one per child: a first reconcile of a
+            # thousand objects should not post three thousand Events.
+            created = [c["kind"] for c, before in stale if before is None]
+            updated = [c["kind"] for c, before in stale if before is not None]
+            parts = ([f"created {', '.join(created)}"] if created else []) + (
+                [f"updated {', '.join(updated)}"] if updated else []
+            )
+            reason = "Created" if created and not updated else "Updated"
+            await post_event(self.kube, body, "Normal", reason, "; ".join(parts).capitalize(), now)
+        return live_by_kind.get("Deployment")
 
     async def _missing_secrets(self, namespace: str, names: list[str]) -> Problem | None:
         missing = [n for n in names if await self.kube.get(SECRET, namespace, n) is None]
