@@ -13,6 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
+from turnpike.api.modeldeployment import ModelDeployment
 from turnpike.kube import ApiError, Kube
 from turnpike.kube.resources import CAPACITY_TIER, DEPLOYMENT, MODEL_DEPLOYMENT
 from turnpike.render.labels import LABEL_MANAGED_BY, MANAGER
@@ -33,6 +36,24 @@ class Cache:
     models: dict[Key, dict[str, Any]] = field(default_factory=dict)
     deployments: dict[Key, dict[str, Any]] = field(default_factory=dict)
     tiers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Parsed specs by resourceVersion: every tier evaluation reads all of a tier's
+    # consumers, and parsing each one again would make a reconcile O(n) in pydantic.
+    _parsed: dict[Key, tuple[str, ModelDeployment | None]] = field(default_factory=dict)
+
+    def parsed_model(self, key: Key) -> ModelDeployment | None:
+        """The cached object as a ModelDeployment, or None when it is invalid."""
+        body = self.models.get(key)
+        if body is None:
+            return None
+        version = str(body["metadata"].get("resourceVersion", ""))
+        hit = self._parsed.get(key)
+        if hit is None or hit[0] != version:
+            try:
+                hit = (version, ModelDeployment.from_k8s(body))
+            except ValidationError:
+                hit = (version, None)
+            self._parsed[key] = hit
+        return hit[1]
 
     async def prime(self, kube: Kube, namespaces: tuple[str, ...] = ()) -> None:
         """One LIST per kind (per watched namespace when the operator is scoped)."""
@@ -56,6 +77,7 @@ class Cache:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
         if event == "DELETED":
             self.models.pop(key, None)
+            self._parsed.pop(key, None)
         else:
             self.models[key] = body
 

@@ -68,9 +68,8 @@ def cached_models(cache: Cache) -> list[tuple[ModelDeployment, str, dict[str, An
     for key, body in cache.models.items():
         if body["metadata"].get("deletionTimestamp"):
             continue
-        try:
-            md = ModelDeployment.from_k8s(body)
-        except ValidationError:
+        md = cache.parsed_model(key)
+        if md is None:
             continue
         out.append(
             (
