@@ -32,9 +32,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "operator"), str(REPO)]
 
 from hack import loadgen, localcluster  # noqa: E402
+from hack.kubectl import Kubectl  # noqa: E402
 from hack.loopback_kubelet import LoopbackKubelet  # noqa: E402
-from tests.kubectl import Kubectl  # noqa: E402
-from tests.operator_process import OperatorProcess, start_operator  # noqa: E402
+from hack.operator_process import OperatorProcess, start_operator  # noqa: E402
 
 NAMESPACE = "turnpike-demo"
 NAME = "demo-llm"

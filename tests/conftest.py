@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from hack import localcluster
-from tests.kubectl import Kubectl
-from tests.operator_process import OperatorProcess, start_operator
+from hack.kubectl import Kubectl
+from hack.operator_process import OperatorProcess, start_operator
 
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 os.environ.setdefault("no_proxy", "127.0.0.1,localhost")

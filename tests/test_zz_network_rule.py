@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from tests.kubectl import Kubectl
+from hack.kubectl import Kubectl
 
 
 @pytest.mark.cluster

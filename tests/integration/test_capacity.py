@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from hack import loadgen
+from hack.kubectl import Kubectl, eventually
 from hack.localcluster import Cluster
 from hack.loopback_kubelet import LoopbackKubelet
-from tests.kubectl import Kubectl, eventually
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("operator")]
 A100 = "NVIDIA-A100-SXM4-80GB"

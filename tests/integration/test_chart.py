@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from hack import localcluster
-from tests.kubectl import Kubectl
+from hack.kubectl import Kubectl
 from turnpike.controller import settings as operator_settings
 from turnpike.kube.resources import KNOWN
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.kubectl import Kubectl, eventually
+from hack.kubectl import Kubectl, eventually
 
 pytestmark = pytest.mark.cluster
 

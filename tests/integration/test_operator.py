@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
+from hack.kubectl import Kubectl, eventually
 from hack.localcluster import Cluster
-from tests.kubectl import Kubectl, eventually
-from tests.operator_process import OperatorProcess, start_operator
+from hack.operator_process import OperatorProcess, start_operator
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("operator")]
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
+from hack.kubectl import Kubectl, eventually
+from hack.operator_process import start_operator
 from tests.integration.test_chart import (
     CHART,
     CLUSTER,
@@ -30,8 +32,6 @@ from tests.integration.test_chart import (
     run,
     tool,
 )
-from tests.kubectl import Kubectl, eventually
-from tests.operator_process import start_operator
 
 pytestmark = pytest.mark.cluster
 

@@ -1,4 +1,4 @@
-"""kubectl as a user runs it, for tests: JSON in, JSON out, bounded waits."""
+"""kubectl as a user runs it (tests, demo, benchmarks): JSON in, JSON out, bounded waits."""
 
 from __future__ import annotations
 
