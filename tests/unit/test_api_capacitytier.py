@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import types
-from collections.abc import Iterator
 from enum import Enum
 from typing import Any
 
@@ -17,6 +16,7 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from tests import crd_schema
 from turnpike.api import capacitytier as ct
 from turnpike.api.capacitytier import (
     CapacityTier,
@@ -302,25 +302,14 @@ def _crd() -> Schema:
 
 
 def _root() -> Schema:
-    schema: Schema = _crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-    return schema
+    return crd_schema.root(_crd())
 
 
 def _at(path: str) -> Schema:
-    node = _root()
-    for name in path.split("."):
-        node = node["properties"][name]
-    return node
+    return crd_schema.at(_crd(), path)
 
 
-def _nodes(node: Schema, path: str = "") -> Iterator[tuple[str, Schema]]:
-    yield path, node
-    for name, sub in node.get("properties", {}).items():
-        yield from _nodes(sub, f"{path}.{name}")
-    if "items" in node:
-        yield from _nodes(node["items"], f"{path}[]")
-    if isinstance(node.get("additionalProperties"), dict):
-        yield from _nodes(node["additionalProperties"], f"{path}.*")
+_nodes = crd_schema.nodes
 
 
 def test_registered_and_written() -> None:

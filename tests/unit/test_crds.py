@@ -7,13 +7,13 @@ fields that do not exist; these tests catch both without a cluster.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import BaseModel, Field
 
+from tests import crd_schema
 from turnpike.api.base import ApiModel
 from turnpike.api.crdgen import (
     CRDS,
@@ -34,25 +34,14 @@ Schema = dict[str, Any]
 
 
 def _root() -> Schema:
-    schema: Schema = modeldeployment_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-    return schema
+    return crd_schema.root(modeldeployment_crd())
 
 
 def _at(path: str) -> Schema:
-    node = _root()
-    for name in path.split("."):
-        node = node["properties"][name]
-    return node
+    return crd_schema.at(modeldeployment_crd(), path)
 
 
-def _nodes(node: Schema, path: str = "") -> Iterator[tuple[str, Schema]]:
-    yield path, node
-    for name, sub in node.get("properties", {}).items():
-        yield from _nodes(sub, f"{path}.{name}")
-    if "items" in node:
-        yield from _nodes(node["items"], f"{path}[]")
-    if isinstance(node.get("additionalProperties"), dict):
-        yield from _nodes(node["additionalProperties"], f"{path}.*")
+_nodes = crd_schema.nodes
 
 
 def test_crds_on_disk_are_fresh() -> None:

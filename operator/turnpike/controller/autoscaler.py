@@ -32,7 +32,7 @@ from turnpike.autoscale.sources import (
 from turnpike.controller.metrics import Metrics
 from turnpike.kube import Kube
 from turnpike.kube.resources import POD
-from turnpike.render import selector_labels
+from turnpike.render import selector
 
 Key = tuple[str, str]
 STATUS_FLUSH_SECONDS = 15.0
@@ -132,8 +132,7 @@ class Autoscaler:
             # of extra zero readings would dilute the panic window.
             held = replace(state.last.decision, current=state.last.decision.replicas)
             return Tick(held, state.last.ready, state.last.starting, flush=False)
-        selector = ",".join(f"{k}={v}" for k, v in sorted(selector_labels(md).items()))
-        pods = await self.kube.list(POD, key[0], label_selector=selector)
+        pods = await self.kube.list(POD, key[0], label_selector=selector(md))
         targets, starting = split_pods(pods)
         observation = await state.source.sample(targets) if targets else None
         params = Params.from_spec(

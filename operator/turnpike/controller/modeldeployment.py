@@ -31,7 +31,7 @@ from turnpike.reconcile.validation import (
     parse_model_deployment,
     referenced_secrets,
 )
-from turnpike.render import endpoint, selector_labels
+from turnpike.render import endpoint, selector
 from turnpike.status import Problem, condition, next_status, parse_status
 from turnpike.status.conditions import model_conditions, rollout_of, unschedulable_reason
 
@@ -136,7 +136,7 @@ class ModelDeploymentReconciler:
         rollout = rollout_of(deployment, replicas)
         pending = None
         if rollout is not None and rollout.ready < rollout.desired:
-            pods = await self.kube.list(POD, namespace, label_selector=self._selector(md))
+            pods = await self.kube.list(POD, namespace, label_selector=selector(md))
             pending = unschedulable_reason(pods)
         wanted = model_conditions(
             generation,
@@ -156,7 +156,7 @@ class ModelDeploymentReconciler:
             problem,
             rfc3339(now),
             endpoint=endpoint(md),
-            selector=self._selector(md),
+            selector=selector(md),
             gpus_per_replica=md.spec.gpu.per_replica,
             conditions=wanted,
         )
@@ -177,10 +177,6 @@ class ModelDeploymentReconciler:
         if tick is not None:
             return float(md.spec.autoscaling.scrape_interval_seconds)
         return self.resync_seconds
-
-    @staticmethod
-    def _selector(md: ModelDeployment) -> str:
-        return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(md).items()))
 
     def _capacity(
         self, body: dict[str, Any], md: ModelDeployment, desired: int

@@ -11,6 +11,7 @@ from turnpike.render.labels import (
     LABEL_MODEL_DEPLOYMENT,
     common_labels,
     owner_reference,
+    selector,
     selector_labels,
 )
 from turnpike.render.names import child_name, label_value
@@ -27,6 +28,7 @@ __all__ = [
     "render_deployment",
     "render_pdb",
     "render_service",
+    "selector",
     "selector_labels",
     "service_name",
     "triton_command",

@@ -40,6 +40,11 @@ def selector_labels(md: ModelDeployment) -> dict[str, str]:
     return {LABEL_INSTANCE: value, LABEL_MODEL_DEPLOYMENT: value}
 
 
+def selector(md: ModelDeployment) -> str:
+    """selector_labels as a label selector string (status.selector, pod listing)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(md).items()))
+
+
 def common_labels(md: ModelDeployment) -> dict[str, str]:
     value = label_value(md.metadata.name)
     return dict(
