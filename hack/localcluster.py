@@ -102,7 +102,7 @@ def wait_for(
             return
         for name in proc_names:
             pid = _read_state().get("pids", {}).get(name)
-            if pid is not None and not _alive(pid):
+            if pid is not None and not process_alive(pid):
                 raise RuntimeError(f"{name} exited while waiting for {what}:\n{_log_tail(name)}")
         time.sleep(delay)
         delay = min(delay * 2, 0.5)
@@ -116,19 +116,25 @@ def _log_tail(name: str, lines: int = 30) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True while any thread of pid has not exited.
+
+    A Go program's leader thread can already be a zombie while its other threads
+    are still tearing down and holding its listening sockets; "dead" means every
+    thread is gone, so a port is free once its owner is.
+    """
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie is dead for our purposes.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
         return False
+    for task in tasks:
+        try:
+            state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("Z", "X"):
+            return True
+    return False
 
 
 def _ours(pid: int) -> bool:
@@ -351,7 +357,9 @@ def running() -> Cluster | None:
     """The cluster of this checkout when every component is up and the API answers."""
     state = _read_state()
     pids = state.get("pids", {})
-    if set(pids) != set(COMPONENTS) or not all(_alive(p) and _ours(p) for p in pids.values()):
+    if set(pids) != set(COMPONENTS) or not all(
+        process_alive(p) and _ours(p) for p in pids.values()
+    ):
         return None
     kubeconfig = STATE_DIR / "kubeconfig"
     url = f"https://127.0.0.1:{state['ports']['apiserver']}/readyz"
@@ -579,19 +587,22 @@ def down() -> None:
     """Stop every process this checkout's cluster started and remove its state."""
     state = _read_state()
     pids: dict[str, int] = state.get("pids", {})
-    ours = {name: pid for name, pid in pids.items() if _alive(pid) and _ours(pid)}
+    ours = {name: pid for name, pid in pids.items() if process_alive(pid) and _ours(pid)}
     for name in reversed(COMPONENTS):
         pid = ours.get(name)
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and any(_alive(p) for p in ours.values()):
+    while time.monotonic() < deadline and any(process_alive(p) for p in ours.values()):
         time.sleep(0.1)
-    for pid in ours.values():
-        if _alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
+    killed = [pid for pid in ours.values() if process_alive(pid)]
+    for pid in killed:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(process_alive(p) for p in killed):
+        time.sleep(0.05)
     shutil.rmtree(STATE_DIR, ignore_errors=True)
     if ours:
         log(f"stopped {', '.join(sorted(ours))}")
