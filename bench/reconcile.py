@@ -142,6 +142,18 @@ def proc_usage(pid: int) -> tuple[float, float]:
     return rss_kib / 1024, (int(fields[11]) + int(fields[12])) / ticks
 
 
+def operator_counts(operator: OperatorProcess) -> tuple[float, float]:
+    """(ModelDeployment reconciles, API write requests) the operator made so far."""
+    samples = operator.metrics()
+    reconciles = sum(
+        v
+        for k, v in samples.items()
+        if k.startswith("turnpike_reconcile_total{") and "kind=ModelDeployment" in k
+    )
+    writes = sum(v for k, v in samples.items() if k.startswith("turnpike_api_writes_total{"))
+    return reconciles, writes
+
+
 async def run_size(
     kube: Kube, kubectl: Kubectl, operator: OperatorProcess, n: int, timeout: float
 ) -> dict[str, float]:
@@ -151,6 +163,7 @@ async def run_size(
         kubectl.run("create", "namespace", ns)
     pid = operator.process.pid
     rss_before, cpu_before = proc_usage(pid)
+    counts_before = operator_counts(operator)
     wall = time.monotonic()
     deadline = time.monotonic() + timeout
     names = [f"md-{i:04d}" for i in range(n)]
@@ -163,6 +176,10 @@ async def run_size(
     to_ready = latencies(Sample(created, await ready))
     elapsed = time.monotonic() - wall
     rss_after, cpu_after = proc_usage(pid)
+    reconciles, writes = (
+        (after - before) / n
+        for before, after in zip(counts_before, operator_counts(operator), strict=True)
+    )
 
     native_names = [f"native-{i:04d}" for i in range(n)]
     replicasets = asyncio.create_task(
@@ -189,6 +206,8 @@ async def run_size(
         "rss_mib": rss_after,
         "rss_growth_mib": rss_after - rss_before,
         "cpu_s": cpu_after - cpu_before,
+        "reconciles_per_object": reconciles,
+        "writes_per_object": writes,
         "wall_s": elapsed,
     }
 
@@ -259,20 +278,21 @@ def table(results: list[dict[str, float]]) -> str:
     header = (
         "| N | create→Deployment p50 / p99 (s) | create→Ready p50 / p99 (s) "
         "| native Deployment→ReplicaSet p50 / p99 (s) | ratio p50 | operator RSS (MiB) "
-        "| operator CPU (s) | wall (s) |"
+        "| operator CPU (s) | reconciles / object | writes / object | wall (s) |"
     )
-    lines = [header, "|" + "---|" * 8]
+    lines = [header, "|" + "---|" * 10]
     for r in results:
         lines.append(
             f"| {int(r['n'])} | {r['deploy_p50']:.2f} / {r['deploy_p99']:.2f} "
             f"| {r['ready_p50']:.2f} / {r['ready_p99']:.2f} "
             f"| {r['native_p50']:.3f} / {r['native_p99']:.3f} | {r['ratio_p50']:.1f}x "
             f"| {r['rss_mib']:.0f} (+{r['rss_growth_mib']:.0f}) | {r['cpu_s']:.1f} "
+            f"| {r['reconciles_per_object']:.1f} | {r['writes_per_object']:.1f} "
             f"| {r['wall_s']:.1f} |"
         )
         missing = int(r["n"] - min(r["deployment_seen"], r["ready_seen"]))
         if missing:
-            lines.append(f"| | {missing} objects did not finish before the timeout | | | | | | |")
+            lines.append(f"| | {missing} objects did not finish before the timeout" + " |" * 9)
     return "\n".join(lines)
 
 

@@ -125,6 +125,14 @@ def test_hand_edit_of_a_child_is_repaired(kube: Kubectl) -> None:
         "the replica count repaired",
         lambda: kube.get("deployment", "drift")["spec"]["replicas"] == 1,
     )
+    uids = {kind: kube.get(kind, "drift")["metadata"]["uid"] for kind in ("service", "pdb")}
+    kube.run("delete", "service/drift", "pdb/drift", "--wait=true")
+    eventually(
+        "the deleted Service and PodDisruptionBudget recreated",
+        lambda: all(
+            kube.get(kind, "drift")["metadata"]["uid"] != uid for kind, uid in uids.items()
+        ),
+    )
 
 
 def test_deleting_a_model_deployment_removes_every_child(kube: Kubectl) -> None:

@@ -86,11 +86,20 @@ def test_prometheus_reports_the_queue_under_load(
                     interval_s=0.25,
                     what=f"queue > {RISEN} in Prometheus",
                 )
+                # The capacity guard's input: compute seconds per second on the pod.
+                busy, _ = await poll(
+                    lambda: source.sample([pod]),
+                    lambda o: o.in_flight is not None and o.in_flight > 0,
+                    timeout_s=15,
+                    interval_s=0.25,
+                    what="requests in flight in Prometheus",
+                )
             finally:
                 stop.set()
                 result = await asyncio.wait_for(load, timeout=30)
             print(f"prometheus queue depths under load: {[o.queue for o in seen]}")
             assert high.queues[POD] <= CONCURRENCY and not high.failed, high
+            assert busy.in_flight is not None and busy.in_flight <= CONCURRENCY, busy
             assert result.ok > 0 and result.failed == 0, result.summary()
 
             # Completed requests waited: rate() over 1m of 1 s scrapes gives a mean.

@@ -291,6 +291,13 @@ def test_prometheus_queries_are_documented_promql() -> None:
         'sum(rate({__name__=~"nv_inference_request_success|nv_inference_request_failure",'
         f'{scope},model="ensemble"}}[1m])) / 1000'
     )
+    assert q.active == (
+        f'sum by (pod) (nv_trt_llm_request_metrics{{{scope},request_type="active"}})'
+    )
+    assert q.computing == (
+        "sum by (pod) (rate(nv_inference_compute_infer_duration_us"
+        f'{{{scope},model="ensemble"}}[1m])) / 1e6'
+    )
 
 
 def test_prometheus_label_names_are_configurable_and_values_escaped() -> None:
@@ -335,8 +342,12 @@ def test_prometheus_source_reads_per_pod_queues_and_queue_time() -> None:
     def answer(query: str) -> web.StreamResponse:
         if "nv_inference_pending_request_count" in query:
             return web.json_response(_vector({"a": "3", "b": "1"}))
-        if "nv_trt_llm_request_metrics" in query:
+        if 'request_type="waiting"' in query:
             return web.json_response(_vector({"a": "10"}))
+        if 'request_type="active"' in query:
+            return web.json_response(_vector({"a": "4"}))
+        if "nv_inference_compute_infer_duration_us" in query:
+            return web.json_response(_vector({"a": "99", "b": "2.5"}))
         return web.json_response(_vector({"": "12.5"}))
 
     async def main() -> None:
@@ -351,6 +362,34 @@ def test_prometheus_source_reads_per_pod_queues_and_queue_time() -> None:
         assert obs.queue_time_ms == 12.5
         assert obs.failed == {"c": "no series in Prometheus"}
         assert obs.partial
+        # In flight: TensorRT-LLM's active requests where exported (a), else compute rate (b).
+        assert obs.in_flight == 6.5
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    ("computing", "in_flight"),
+    [({"a": "1.5", "b": "0"}, 1.5), ({"a": "1.5"}, None), ({"a": "NaN", "b": "1"}, None)],
+)
+def test_prometheus_in_flight_is_unknown_unless_every_answering_pod_tells(
+    computing: dict[str, str], in_flight: float | None
+) -> None:
+    """Without a pod's in-flight number the capacity guard must not act on a lower bound."""
+
+    def answer(query: str) -> web.StreamResponse:
+        if "nv_inference_pending_request_count" in query:
+            return web.json_response(_vector({"a": "0", "b": "0"}))
+        if "nv_inference_compute_infer_duration_us" in query:
+            return web.json_response(_vector(computing))
+        return web.json_response(_vector({}))
+
+    async def main() -> None:
+        async with fleet() as f:
+            url = await _prometheus(f, answer)
+            async with PrometheusSource(url, namespace="ns") as src:
+                obs = await src.sample([PodTarget("a", ""), PodTarget("b", "")])
+        assert obs.in_flight == in_flight
 
     run(main())
 

@@ -32,6 +32,7 @@ import aiohttp
 
 from turnpike.api.constants import METRICS_PORT
 from turnpike.autoscale.signal import (
+    COMPUTE_INFER,
     PENDING,
     QUEUE_DURATION,
     REQUEST_FAILURE,
@@ -282,6 +283,8 @@ class PromQueries:
     queue: str
     waiting: str
     queue_time: str
+    active: str
+    computing: str
 
 
 def build_queries(
@@ -301,6 +304,10 @@ def build_queries(
         sum(rate(nv_inference_queue_duration_us{namespace="ns",pod=~"p1|p2",model="m"}[1m]))
           / sum(rate({__name__=~"nv_inference_request_success|nv_inference_request_failure",
                       namespace="ns",pod=~"p1|p2",model="m"}[1m])) / 1000
+        sum by (pod) (nv_trt_llm_request_metrics{
+            namespace="ns",pod=~"p1|p2",request_type="active"})
+        sum by (pod) (rate(nv_inference_compute_infer_duration_us{
+            namespace="ns",pod=~"p1|p2",model="m"}[1m])) / 1e6
 
     Grouping by pod tells which pods Prometheus has no series for (a partial
     observation), which a bare ``sum`` would hide. The TensorRT-LLM query
@@ -308,7 +315,11 @@ def build_queries(
     :func:`~turnpike.autoscale.signal.parse_triton_metrics`. The queue-time
     query is a mean wait in ms over ``rate_window``, which should span at
     least two of Prometheus' scrape intervals; ``rate`` handles counter
-    resets.
+    resets. The last two are the requests in flight per pod, as
+    :func:`~turnpike.autoscale.signal.pod_in_flight` reads them from a pod:
+    TensorRT-LLM's active requests where it exports them, else compute time
+    per second (a batch of 8 computing for 1 s is 8 requests in flight),
+    averaged over ``rate_window``.
     """
     labels = labels or PromLabels()
     if not _DURATION.match(rate_window):
@@ -328,6 +339,10 @@ def build_queries(
         queue_time=(
             f"sum(rate({QUEUE_DURATION}{{{model_scope}}}[{rate_window}]))"
             f" / sum(rate({{__name__=~{completed},{model_scope}}}[{rate_window}])) / 1000"
+        ),
+        active=f'sum by ({labels.pod}) ({TRTLLM_REQUESTS}{{{scope},request_type="active"}})',
+        computing=(
+            f"sum by ({labels.pod}) (rate({COMPUTE_INFER}{{{model_scope}}}[{rate_window}])) / 1e6"
         ),
     )
 
@@ -394,28 +409,37 @@ class PrometheusSource(_SessionHolder):
             return Observation(time=started, queue=0.0)
         queries = self.queries(pods)
         session = self._get_session()
-        asked = [queries.queue, queries.waiting]
+        asked = {
+            "queue": queries.queue,
+            "waiting": queries.waiting,
+            "active": queries.active,
+            "computing": queries.computing,
+        }
         if self._want_queue_time:
-            asked.append(queries.queue_time)
+            asked["queue_time"] = queries.queue_time
         try:
-            vectors = await asyncio.gather(*(self._query(session, q) for q in asked))
+            answers = await asyncio.gather(*(self._query(session, q) for q in asked.values()))
         except _Failed as exc:
             failed = dict.fromkeys(names, str(exc))
             return Observation(time=started, queue=0.0, pods=names, failed=failed)
+        vectors = {
+            name: {pod: v for pod, v in vector.items() if math.isfinite(v) and v >= 0}
+            for name, vector in zip(asked, answers, strict=True)
+        }
 
         queues: dict[str, float] = {}
-        for vector in vectors[:2]:
+        for vector in (vectors["queue"], vectors["waiting"]):
             for pod, value in vector.items():
-                if pod in names and math.isfinite(value) and value >= 0:
+                if pod in names:
                     queues[pod] = queues.get(pod, 0.0) + value
-        wait = vectors[2].get("") if len(vectors) > 2 else None
         return Observation(
             time=started,
             queue=sum(queues.values()),
-            queue_time_ms=wait if wait is not None and math.isfinite(wait) and wait >= 0 else None,
+            queue_time_ms=vectors.get("queue_time", {}).get(""),
             pods=names,
             queues=queues,
             failed={pod: "no series in Prometheus" for pod in names if pod not in queues},
+            in_flight=_in_flight(queues, vectors["active"], vectors["computing"]),
         )
 
     async def _query(self, session: aiohttp.ClientSession, query: str) -> dict[str, float]:
@@ -445,6 +469,19 @@ class PrometheusSource(_SessionHolder):
         except aiohttp.ClientError as exc:
             raise _Failed(f"prometheus: {type(exc).__name__}: {exc}") from exc
         return _vector(payload, status, self._labels.pod)
+
+
+def _in_flight(
+    answered: Mapping[str, float], active: Mapping[str, float], computing: Mapping[str, float]
+) -> float | None:
+    """Requests executing over the pods that answered; None when any of them cannot tell."""
+    total = 0.0
+    for pod in answered:
+        busy = active.get(pod, computing.get(pod))
+        if busy is None:
+            return None
+        total += busy
+    return total if answered else None
 
 
 def _json(body: bytes) -> Any:

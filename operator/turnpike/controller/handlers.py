@@ -55,12 +55,14 @@ def build_registry(
     ) -> None:
         if namespace is None:
             return
-        cache.model_seen(type or "ADDED", _body(event))
+        body = _body(event)
+        own_write = type == "MODIFIED" and cache.is_own_write(body)
+        cache.model_seen(type or "ADDED", body)
         if type == "DELETED":
             models.forget((namespace, name))
             for tier in cache.tiers:  # its GPUs are free again
                 tiers.add(("", tier))
-        else:
+        elif not own_write:  # our own status patch coming back tells nothing new
             models.add((namespace, name))
 
     @kopf.on.event(GROUP, VERSION, "capacitytiers", registry=registry)
@@ -78,8 +80,7 @@ def build_registry(
         )
         def child_event(type: str, event: kopf.RawEvent, **_: Any) -> None:
             body = _body(event)
-            if body.get("kind") == "Deployment":
-                cache.deployment_seen(type or "ADDED", body)
+            cache.child_seen(type or "ADDED", body)
             key = owner_key(body)
             if key is not None:
                 models.add(key)

@@ -124,8 +124,6 @@ class ModelDeploymentReconciler:
             replicas = allocation.max_replicas if allocation is not None else wanted_replicas
             placement = verdict.placement
             deployment = await self._apply_children(body, md, replicas, problem, now, placement)
-            if deployment is not None and self.cache is not None:
-                self.cache.deployment_seen("MODIFIED", deployment)
         if (
             verdict.tier is not None
             and self.on_tier_change is not None
@@ -221,9 +219,7 @@ class ModelDeploymentReconciler:
             node_selector=placement.node_selector if placement else None,
             tolerations=placement.tolerations if placement else None,
         )
-        lives = await asyncio.gather(
-            *(self.kube.get(resource_for(c), namespace, c["metadata"]["name"]) for c in children)
-        )
+        lives = await asyncio.gather(*(self._live(child, namespace) for child in children))
         stale = [
             (child, live)
             for child, live in zip(children, lives, strict=True)
@@ -234,6 +230,10 @@ class ModelDeploymentReconciler:
         for (child, _), after in zip(stale, applied, strict=True):
             live_by_kind[child["kind"]] = after
             self.metrics.children_applied.labels(child["kind"]).inc()
+            if self.cache is not None and child["kind"] == "Deployment":
+                # Written through so that the next capacity evaluation of the same
+                # tier counts the replicas just granted.
+                self.cache.deployment_seen("MODIFIED", after)
         if stale:
             # One Event per reconcile, not one per child: a first reconcile of a
             # thousand objects should not post three thousand Events.
@@ -245,6 +245,13 @@ class ModelDeploymentReconciler:
             reason = "Created" if created and not updated else "Updated"
             await post_event(self.kube, body, "Normal", reason, "; ".join(parts).capitalize(), now)
         return live_by_kind.get("Deployment")
+
+    async def _live(self, child: dict[str, Any], namespace: str) -> dict[str, Any] | None:
+        """The child as last seen by the watch (see Cache), else as the API server has it."""
+        name = child["metadata"]["name"]
+        if self.cache is not None:
+            return self.cache.child(child["kind"], namespace, name)
+        return await self.kube.get(resource_for(child), namespace, name)
 
     async def _missing_secrets(self, namespace: str, names: list[str]) -> Problem | None:
         missing = [n for n in names if await self.kube.get(SECRET, namespace, n) is None]
@@ -265,9 +272,11 @@ class ModelDeploymentReconciler:
         for field_name, value in previous.to_k8s().items():
             if field_name not in patch and value is not None:
                 patch[field_name] = None
-        await self.kube.patch_status(
+        written = await self.kube.patch_status(
             MODEL_DEPLOYMENT, metadata["namespace"], metadata["name"], patch
         )
+        if self.cache is not None:
+            self.cache.status_written((metadata["namespace"], metadata["name"]), written)
         for type_, event_type in (("Ready", "Normal"), ("Degraded", "Warning")):
             before, after = condition(previous, type_), condition(status, type_)
             if after == "True" and before != "True":

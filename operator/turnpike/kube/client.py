@@ -52,6 +52,21 @@ class ApiError(Exception):
         return self.status == 409
 
 
+def api_error(status: int, phrase: str, raw: bytes) -> ApiError:
+    """The error an answer's body describes: a metav1.Status, or whatever a proxy sent."""
+    try:
+        data = json.loads(raw) if raw else None
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        return ApiError(status, phrase, raw.decode(errors="replace"))
+    details = data.get("details") or {}
+    # A StatusCause's type travels as "reason" in JSON.
+    causes = tuple(str(c.get("reason", "")) for c in details.get("causes") or [])
+    message = str(data.get("message", raw.decode(errors="replace")))
+    return ApiError(status, str(data.get("reason") or phrase), message, causes)
+
+
 @dataclass(frozen=True)
 class Credentials:
     """What kopf needs to open its own watch connections to the same server."""
@@ -130,22 +145,12 @@ class Kube:
             raw = await response.read()
         finally:
             response.release()
-        data = json.loads(raw) if raw else None
         if not 200 <= response.status <= 299:
-            reason = data.get("reason", "") if isinstance(data, dict) else ""
-            message = (
-                data.get("message", raw.decode(errors="replace"))
-                if isinstance(data, dict)
-                else raw.decode(errors="replace")
-            )
-            causes: tuple[str, ...] = ()
-            if isinstance(data, dict):
-                details = data.get("details") or {}
-                causes = tuple(str(c.get("type", "")) for c in details.get("causes") or [])
-            error = ApiError(response.status, reason or str(response.reason), message, causes)
+            error = api_error(response.status, str(response.reason), raw)
             retry_after = response.headers.get("Retry-After", "")
             error.retry_after = float(retry_after) if retry_after.isdigit() else None
             raise error
+        data = json.loads(raw) if raw else None
         if method != "GET" and self._on_write is not None:
             self._on_write(method, path)
         return data

@@ -23,9 +23,13 @@ def desired_children(
     priority_class, node_selector and tolerations come from the CapacityTier.
     """
     owner = owner_reference(API_VERSION, "ModelDeployment", md.metadata.name, uid)
-    deployment = render_deployment(md, replicas, priority_class=priority_class,
-                                   extra_node_selector=node_selector or None,
-                                   extra_tolerations=tolerations or None)
+    deployment = render_deployment(
+        md,
+        replicas,
+        priority_class=priority_class,
+        extra_node_selector=node_selector or None,
+        extra_tolerations=tolerations or None,
+    )
     children = [deployment, render_service(md), render_pdb(md, replicas)]
     owned = []
     for child in children:
