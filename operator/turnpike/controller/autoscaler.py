@@ -76,6 +76,9 @@ class Tick:
     ready: int
     starting: int
     flush: bool
+    # The pods this tick listed (None when it held the last decision): the
+    # reconciler explains unschedulable ones without listing them again.
+    pods: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -163,7 +166,7 @@ class Autoscaler:
         self.metrics.scaling_decisions.labels(decision.direction).inc()
         state.last = Tick(decision, len(targets), starting, flush)
         state.last_at = now
-        return state.last
+        return replace(state.last, pods=pods)
 
     def forget(self, key: Key) -> None:
         self._states.pop(key, None)

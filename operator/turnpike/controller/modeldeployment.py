@@ -134,7 +134,9 @@ class ModelDeploymentReconciler:
         rollout = rollout_of(deployment, replicas)
         pending = None
         if rollout is not None and rollout.ready < rollout.desired:
-            pods = await self.kube.list(POD, namespace, label_selector=selector(md))
+            pods = tick.pods if tick is not None else None
+            if pods is None:
+                pods = await self.kube.list(POD, namespace, label_selector=selector(md))
             pending = unschedulable_reason(pods)
         wanted = model_conditions(
             generation,
