@@ -51,6 +51,10 @@ class Plan:
     service_time_ms: float = 50.0
     target: float = 4.0
     max_replicas: int = 6
+    # After the load ends, keep watching (at most this long) until the fleet has
+    # scaled down once: Tritons of late replicas start one by one on a busy
+    # machine, and the policy never scales down on a partial reading.
+    settle_s: float = 90.0
 
 
 FULL = Plan(
@@ -251,9 +255,11 @@ def drive(plan: Plan, kubelet: LoopbackKubelet, kubectl: Kubectl, operator: Oper
     thread.start()
     view = View()
     view.header()
-    while thread.is_alive():
+    decisions: list[dict[str, Any]] = []
+
+    def observe() -> None:
         t = time.monotonic() - began
-        phase = next(((n, c) for a, b, n, c in boundaries if a <= t < b), ("done", 0))
+        phase = next(((n, c) for a, b, n, c in boundaries if a <= t < b), ("settle", 0))
         try:
             samples = operator.metrics()
         except OSError:
@@ -266,10 +272,19 @@ def drive(plan: Plan, kubelet: LoopbackKubelet, kubectl: Kubectl, operator: Oper
         timeline.points.append(point)
         view.line(point)
         with contextlib.suppress(Exception):
-            view.decisions(scaling_events(kubectl))
+            decisions[:] = scaling_events(kubectl)
+            view.decisions(decisions)
+
+    while thread.is_alive():
+        observe()
         if stop.is_set():
             loop.call_soon_threadsafe(load_stop.set)
         thread.join(timeout=1.0)
+    settle_until = time.monotonic() + plan.settle_s
+    while (not stop.is_set() and time.monotonic() < settle_until
+           and not any(d["reason"] == "ScaledDown" for d in decisions)):
+        observe()
+        stop.wait(1.0)
     with contextlib.suppress(Exception):
         timeline.decisions = scaling_events(kubectl)
         view.decisions(timeline.decisions)

@@ -50,6 +50,9 @@ DEFAULT_POD_CIDR = "127.64.255.0/24"
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
 FAKE_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+# Ports that accept connections once the cluster is up (etcd's peer port only
+# listens for other members, and there are none).
+SERVING_PORTS = ("etcd", "apiserver", "controller_manager", "scheduler", "kwok")
 
 
 def log(message: str) -> None:
@@ -172,7 +175,15 @@ def _run(*args: str, cwd: Path | None = None, stdin: str | None = None) -> str:
     return result.stdout
 
 
-def _http_ok(url: str, token: str | None = None, ca: Path | None = None) -> bool:
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _http_ok(
+    url: str, token: str | None = None, ca: Path | None = None, timeout: float = 2
+) -> bool:
     request = urllib.request.Request(url)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
@@ -181,7 +192,7 @@ def _http_ok(url: str, token: str | None = None, ca: Path | None = None) -> bool
         urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
     )
     try:
-        with opener.open(request, timeout=2) as response:
+        with opener.open(request, timeout=timeout) as response:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False
@@ -363,7 +374,10 @@ def running() -> Cluster | None:
         return None
     kubeconfig = STATE_DIR / "kubeconfig"
     url = f"https://127.0.0.1:{state['ports']['apiserver']}/readyz"
-    if not _http_ok(url, state["token"], STATE_DIR / "pki" / "ca.crt"):
+    # Every process is alive: a slow answer on a busy machine is no reason to
+    # tear the cluster down and start again, so give the API a few chances.
+    ca = STATE_DIR / "pki" / "ca.crt"
+    if not any(_http_ok(url, state["token"], ca, timeout=5) for _ in range(3)):
         return None
     return Cluster(kubeconfig=kubeconfig, bin_dir=Path(state["bin"]))
 
@@ -536,6 +550,14 @@ def up() -> Cluster:
             ).returncode
             == 0
         ),
+        60,
+        COMPONENTS,
+    )
+    # "Up" means every component serves: the scheduler and kwok bind their
+    # ports a little after they start, and a caller may probe them at once.
+    wait_for(
+        "every component's port",
+        lambda: all(_port_open(ports[name]) for name in SERVING_PORTS),
         60,
         COMPONENTS,
     )

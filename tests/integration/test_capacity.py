@@ -110,8 +110,12 @@ def test_reserved_preempts_spot_and_spot_says_why(
     message = condition(batch, "Ready")["message"]
     assert "1/2 replicas ready" in message and "nvidia.com/gpu" in message, message
     assert batch["status"]["readyReplicas"] == 1
-    preempted = kube.items("events", "--field-selector", "reason=Preempted")
-    assert preempted, "the scheduler preempted no spot pod"
+    # The scheduler posts its events asynchronously.
+    eventually(
+        "the scheduler's Preempted event on a spot pod",
+        lambda: kube.items("events", "--field-selector", "reason=Preempted"),
+        timeout=30,
+    )
     delete_consumers(kube)
 
 
@@ -147,7 +151,8 @@ def test_budget_caps_the_autoscaler_and_raising_it_lets_it_grow(
     )
     with kubelet:
         eventually("a Triton serving", kubelet.ready_targets, timeout=60)
-        with loadgen.background(kubelet.ready_targets, [(90, 24)]) as load:
+        # Long enough to outlast both waits below; stopped as soon as they pass.
+        with loadgen.background(kubelet.ready_targets, [(180, 24)]) as load:
             _grow_past_the_budget(kube, kubectl, name, load)
     status = kubectl.get("capacitytier", name)["status"]
     assert status["budget"][H100] == 5 and status["granted"][H100] > 2

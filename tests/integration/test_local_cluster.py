@@ -152,8 +152,12 @@ def test_higher_priority_pod_preempts_a_low_priority_one(kubectl: Kubectl, kube:
         assert urgent["spec"]["nodeName"] in {n["metadata"]["name"] for n in pool}
         running_fillers = {p["metadata"]["name"] for p in pods_of(kube, "filler") if is_ready(p)}
         assert len(before - running_fillers) >= 1, "no low-priority pod was preempted"
-        preempted = [e for e in kube.items("events", "--field-selector", "reason=Preempted")]
-        assert preempted, "expected a Preempted event on the victim"
+        # The scheduler posts its events asynchronously.
+        eventually(
+            "a Preempted event on the victim",
+            lambda: kube.items("events", "--field-selector", "reason=Preempted"),
+            timeout=30,
+        )
     finally:
         kubectl.run("delete", "priorityclass", low, high, "--wait=false", check=False)
 

@@ -302,6 +302,8 @@ def test_examples_apply_idempotently_and_the_operator_owns_no_user_field(
     try:
 
         def apply_all() -> dict[str, str]:
+            """What a GitOps apply owns of each object: its generation and the
+            gitops manager's fields (resourceVersion moves with every status write)."""
             versions = {}
             for path in [*files, tiers_file]:
                 out = kube.run(
@@ -314,9 +316,15 @@ def test_examples_apply_idempotently_and_the_operator_owns_no_user_field(
                     "json",
                 ).stdout
                 for obj in _objects(json.loads(out)):
-                    versions[f"{obj['kind']}/{obj['metadata']['name']}"] = obj["metadata"][
-                        "resourceVersion"
+                    metadata = obj["metadata"]
+                    owned = [
+                        entry
+                        for entry in metadata.get("managedFields") or []
+                        if entry.get("manager") == "gitops"
                     ]
+                    versions[f"{obj['kind']}/{metadata['name']}"] = json.dumps(
+                        [metadata.get("generation"), owned], sort_keys=True
+                    )
             return versions
 
         apply_all()

@@ -18,7 +18,7 @@ from tests.triton_fixtures import poll, require, serve
 from turnpike.autoscale.signal import Observation
 from turnpike.autoscale.sources import PodTarget, PrometheusSource
 
-pytestmark = [pytest.mark.triton, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.triton, pytest.mark.timeout(300)]
 
 NAMESPACE = "turnpike-prom-test"
 POD = "sleepy-0"

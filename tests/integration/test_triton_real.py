@@ -20,7 +20,7 @@ from tests.triton_fixtures import poll, serve, start_triton
 from turnpike.autoscale.signal import Observation
 from turnpike.autoscale.sources import PodScrapeSource, PodTarget
 
-pytestmark = [pytest.mark.triton, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.triton, pytest.mark.timeout(300)]
 
 POD = "sleepy-0"
 CONCURRENCY = 8
@@ -155,7 +155,8 @@ def test_hung_server_times_out(triton: tritonlocal.TritonServer) -> None:
 
 @pytest.mark.parametrize("how", ["stop", "kill"])
 def test_stopped_server_is_reported_failed(how: str, tmp_path: Path) -> None:
-    server = start_triton(tmp_path)
+    # A graceful stop must exit 0: give it time on a busy machine before SIGKILL.
+    server = start_triton(tmp_path, stop_timeout_s=60)
     pod = PodTarget(POD, server.ip)
     try:
 
