@@ -125,6 +125,14 @@ def test_hand_edit_of_a_child_is_repaired(kube: Kubectl) -> None:
         "the replica count repaired",
         lambda: kube.get("deployment", "drift")["spec"]["replicas"] == 1,
     )
+    kube.run("label", "service/drift", "app.kubernetes.io/managed-by-")
+    eventually(
+        "the removed label restored",
+        lambda: (
+            kube.get("service", "drift")["metadata"]["labels"].get("app.kubernetes.io/managed-by")
+            == "turnpike"
+        ),
+    )
     uids = {kind: kube.get(kind, "drift")["metadata"]["uid"] for kind in ("service", "pdb")}
     kube.run("delete", "service/drift", "pdb/drift", "--wait=true")
     eventually(

@@ -16,7 +16,6 @@ from turnpike.api.constants import GROUP, VERSION
 from turnpike.controller.cache import Cache, owner_key
 from turnpike.controller.workqueue import WorkQueue
 from turnpike.kube import Kube
-from turnpike.render.labels import LABEL_MANAGED_BY, MANAGER
 
 CHILDREN = (
     ("apps", "v1", "deployments"),
@@ -75,14 +74,16 @@ def build_registry(
 
     for group, version, plural in CHILDREN:
 
-        @kopf.on.event(
-            group, version, plural, registry=registry, labels={LABEL_MANAGED_BY: MANAGER}
-        )
+        # Children are recognised by their controller reference, not by a label
+        # filter: kopf filters labels on its side, so a child whose label someone
+        # removed would vanish from the cache's view without being repaired.
+        @kopf.on.event(group, version, plural, registry=registry)
         def child_event(type: str, event: kopf.RawEvent, **_: Any) -> None:
             body = _body(event)
-            cache.child_seen(type or "ADDED", body)
             key = owner_key(body)
-            if key is not None:
-                models.add(key)
+            if key is None:
+                return
+            cache.child_seen(type or "ADDED", body)
+            models.add(key)
 
     return registry
