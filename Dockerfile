@@ -18,6 +18,10 @@ COPY operator/ ./operator/
 RUN python -m venv /opt/turnpike \
  && /opt/turnpike/bin/pip install . \
  && /opt/turnpike/bin/turnpike run --help >/dev/null
+# A passwd entry for the runtime user (copied below; the runtime stage runs nothing).
+RUN groupadd --system --gid 65532 turnpike \
+ && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin turnpike
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="turnpike" \
@@ -27,8 +31,11 @@ ENV PATH=/opt/turnpike/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 COPY --from=build /opt/turnpike /opt/turnpike
-# The same numeric user as the Helm chart's securityContext (runAsUser 65532):
-# no passwd entry is needed, the root filesystem can be read-only.
+# The same numeric user as the Helm chart's securityContext (runAsUser 65532). It needs a
+# passwd entry: kopf names itself user@host with getpass.getuser(), a pod has no $USER, and
+# without one `turnpike run` stops at once ("getpwuid(): uid not found: 65532").
+# The root filesystem can be read-only.
+COPY --from=build /etc/passwd /etc/group /etc/
 USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["turnpike", "run"]

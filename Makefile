@@ -3,8 +3,9 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 VENV ?= .venv
 PY := $(VENV)/bin/python
-export NO_PROXY := 127.0.0.1,localhost
-export no_proxy := 127.0.0.1,localhost
+# Loopback and the real node's harness range (hack/netrule.py) never go through a proxy.
+export NO_PROXY := 127.0.0.1,localhost,198.18.0.0/15,198.18.0.1
+export no_proxy := 127.0.0.1,localhost,198.18.0.0/15,198.18.0.1
 
 .PHONY: help
 help: ## list targets
@@ -20,11 +21,12 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed ## create the virtualenv with the operator and dev tools
 
 .PHONY: cluster-build
-cluster-build: ## compile the local control plane from Go modules (cached per machine)
+cluster-build: system-deps ## compile the local cluster (control plane, kubelet, containerd, CNI) and build its images (cached per machine)
 	hack/build-cluster.sh
+	hack/images/build.sh
 
 .PHONY: cluster-up
-cluster-up: setup ## start (or reuse) the local cluster with fake GPU nodes
+cluster-up: setup system-deps ## start (or reuse) the local cluster: control plane, kwok GPU pools, a real node
 	$(PY) hack/localcluster.py up
 
 .PHONY: cluster-down
@@ -50,6 +52,7 @@ lint: setup ## ruff and mypy --strict
 .PHONY: test
 test: setup system-deps lint ## everything CI runs: lint, unit, integration and e2e tests on the local cluster
 	hack/build-cluster.sh >/dev/null
+	hack/images/build.sh >/dev/null
 	$(VENV)/bin/pytest -ra --durations=15 tests
 
 .PHONY: bench-reconcile
@@ -58,16 +61,22 @@ bench-reconcile: setup ## create 100 and 1,000 ModelDeployments; print latency, 
 	$(PY) bench/reconcile.py
 
 .PHONY: demo
-demo: setup system-deps ## the whole loop: local cluster, operator, real Tritons, live autoscaling (≤ 5 min)
+demo: setup system-deps ## the whole loop: local cluster, operator, real Triton pods, live autoscaling (≤ 5 min)
 	hack/build-cluster.sh >/dev/null
+	hack/images/build.sh >/dev/null
 	$(PY) hack/demo.py $(DEMO_ARGS)
 
 .PHONY: system-deps
-system-deps: ## Debian packages the tests need (prometheus, openssl), installed once
+system-deps: ## Debian packages the tests need (runc, nftables, buildah, debootstrap, prometheus, ...), installed once
 	hack/install-system-deps.sh
 
 .PHONY: bench-autoscale
-bench-autoscale: setup system-deps ## autoscaler: reaction on real Triton (~4 min), then the HPA/KPA/KEDA simulation (~30 s)
+bench-autoscale: setup system-deps ## autoscaler: reaction on real Triton pods (~4 min), then the HPA/KPA/KEDA simulation (~30 s)
 	hack/build-cluster.sh >/dev/null
+	hack/images/build.sh >/dev/null
 	$(PY) bench/autoscale_reaction.py
 	$(PY) -m bench.autoscale_sim.run --out docs/autoscale-sim.png --markdown docs/autoscale-sim.md
+
+.PHONY: fuzz
+fuzz: setup ## the property-based tests (tests/unit/test_properties.py) with 120,000 examples
+	TURNPIKE_HYPOTHESIS_PROFILE=turnpike-fuzz $(VENV)/bin/pytest -q -p no:cacheprovider tests/unit/test_properties.py

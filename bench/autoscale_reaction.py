@@ -3,8 +3,9 @@
 For each scrape interval (default 1 s and 2 s) one queue-autoscaled
 ModelDeployment (min 1, max 4, target 4 queued per replica) runs in the
 namespace bench-reaction of the local cluster, with the operator as a
-subprocess and a real CPU Triton (Python backend, `sleepy`, 50 ms per request,
-one instance) for each Running pod (hack/loopback_kubelet.py). Each run:
+subprocess and real Triton pods on the real node (the local CPU Triton image,
+Python backend, `sleepy`, 50 ms per request, one instance; the model fetched
+by the rendered download init container from hack/modelserver.py). Each run:
 
 1. waits for steady state: the Deployment at 1 replica, one Triton serving,
    the operator reading an empty queue, a quiet period longer than the panic
@@ -53,9 +54,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "operator"), str(REPO)]
 
-from hack import loadgen, localcluster  # noqa: E402
-from hack.kubectl import Kubectl  # noqa: E402
-from hack.loopback_kubelet import LoopbackKubelet  # noqa: E402
+from hack import loadgen, localcluster, realnode  # noqa: E402
+from hack.kubectl import Kubectl, ReadyPods  # noqa: E402
+from hack.modelserver import ModelServer  # noqa: E402
 from hack.operator_process import OperatorProcess, start_operator  # noqa: E402
 from turnpike.api.modeldeployment import Autoscaling  # noqa: E402
 from turnpike.kube import Kube, connect  # noqa: E402
@@ -67,7 +68,6 @@ SELECTOR = f"turnpike.dev/model-deployment={NAME}"
 LEASE_ID = "turnpike-bench-reaction"
 TARGET = 4.0
 MAX_REPLICAS = 4
-SERVICE_TIME_MS = 50.0
 PENDING = re.compile(
     r'^nv_inference_pending_request_count\{[^}]*model="sleepy"[^}]*\}\s+(\S+)', re.MULTILINE
 )
@@ -161,7 +161,7 @@ class DeploymentWatch:
             await asyncio.gather(self._task, return_exceptions=True)
 
 
-def model_deployment(interval_s: int) -> dict[str, Any]:
+def model_deployment(interval_s: int, uri: str, image: str, product: str) -> dict[str, Any]:
     autoscaling: dict[str, Any] = {
         "enabled": True,
         "target": TARGET,
@@ -178,9 +178,9 @@ def model_deployment(interval_s: int) -> dict[str, Any]:
         "kind": "ModelDeployment",
         "metadata": {"name": NAME, "namespace": NAMESPACE},
         "spec": {
-            # The loopback kubelet serves hack/triton/model_repository for this URI.
-            "model": {"uri": "s3://bench/sleepy", "backend": "python", "name": "sleepy"},
-            "gpu": {"product": "NVIDIA-H100-80GB-HBM3"},
+            "model": {"uri": uri, "backend": "python", "name": "sleepy"},
+            "gpu": {"product": product},
+            "runtime": {"image": image, "shmSize": "64Mi"},
             "minReplicas": 1,
             "maxReplicas": MAX_REPLICAS,
             "autoscaling": autoscaling,
@@ -300,7 +300,7 @@ async def probe_queue(
 
 async def steady_state(
     watch: DeploymentWatch,
-    kubelet: LoopbackKubelet,
+    kubelet: ReadyPods,
     operator: OperatorProcess,
     interval_s: int,
     stop: threading.Event,
@@ -349,7 +349,7 @@ async def why_not_scaled(kube: Kube) -> str:
 async def one_run(
     kube: Kube,
     watch: DeploymentWatch,
-    kubelet: LoopbackKubelet,
+    kubelet: ReadyPods,
     operator: OperatorProcess,
     interval_s: int,
     index: int,
@@ -580,7 +580,7 @@ async def bench(
     started_cluster = cluster.bin_dir is not None and not was_running
     kubectl = Kubectl(cluster.kubectl(), cluster.kubeconfig)
     operator: OperatorProcess | None = None
-    kubelet: LoopbackKubelet | None = None
+    server: ModelServer | None = None
     kube: Kube | None = None
     watch: DeploymentWatch | None = None
     runs: list[Run] = []
@@ -611,15 +611,12 @@ async def bench(
         kube = await connect(str(cluster.kubeconfig))
         watch = DeploymentWatch(kube)
         watch.start(time.monotonic() + lifetime)
-        kubelet = LoopbackKubelet(
-            [cluster.kubectl(), f"--kubeconfig={cluster.kubeconfig}"],
-            NAMESPACE,
-            SELECTOR,
-            SERVICE_TIME_MS,
-            max_servers=MAX_REPLICAS + 2,
-            log_dir=out,
-        )
-        kubelet.start(lifetime=lifetime)
+        pools = realnode.real_pools(localcluster.load_shape())
+        if cluster.bin_dir is None or not pools:
+            raise SystemExit("the benchmark needs the local cluster's real node")
+        image = realnode.image_ref(realnode.build_images(), "tritonserver-cpu")
+        server = ModelServer().start()
+        kubelet = ReadyPods(kubectl.in_namespace(NAMESPACE), SELECTOR)
         for interval_s in intervals:
             check_stop(stop)
             print(
@@ -628,11 +625,13 @@ async def bench(
                 file=sys.stderr,
                 flush=True,
             )
-            kubectl.apply(model_deployment(interval_s))
+            kubectl.apply(
+                model_deployment(interval_s, server.tarball_url, image, pools[0].product)
+            )
             kubectl.run(
                 "wait",
                 "--for=condition=Ready",
-                "--timeout=120s",
+                "--timeout=180s",
                 f"md/{NAME}",
                 "-n",
                 NAMESPACE,
@@ -673,8 +672,8 @@ async def bench(
         print("==> cleaning up", file=sys.stderr, flush=True)
         if watch is not None:
             await watch.stop()
-        if kubelet is not None:
-            kubelet.stop()
+        if server is not None:
+            server.stop()
         if operator is not None:
             with contextlib.suppress(Exception):
                 operator.stop()

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Builds the local cluster's binaries from Go modules, once per machine.
+# Builds the local cluster's binaries from Go modules, once per machine: the
+# control plane, kwok, the real node's kubelet, kube-proxy, GPU device plugin,
+# containerd, CNI plugins and crictl, helm and kubeconform.
 #
 # Output: a directory under ${TURNPIKE_CACHE:-~/.cache/turnpike} keyed by a hash
 # of the pinned versions, the Go module files and the Go toolchain, so every
@@ -46,6 +48,7 @@ progress() {
 
 cd "$here/cluster"
 log "downloading modules (Kubernetes $KUBE_VERSION, etcd $ETCD_VERSION, kwok $KWOK_VERSION)"
+log "(a cold build on 2 cores takes about 10 minutes; later calls reuse it)"
 go mod download
 total=$(go list -deps . | wc -l)
 kv="k8s.io/component-base/version"
@@ -60,7 +63,8 @@ ldflags+=" -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}"
 log "compiling the control plane: ~$total packages, tens of minutes on 2 cores the first time"
 set -o pipefail
 go build -v -trimpath -ldflags "$ldflags" -o "$tmp/bin/k8s-multi" . 2>&1 | progress "$total"
-for name in kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok; do
+for name in kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok \
+            kubelet kube-proxy gpu-device-plugin; do
   ln -s k8s-multi "$tmp/bin/$name"
 done
 
@@ -79,6 +83,31 @@ GOBIN="$tmp/bin" go install -trimpath \
 log "compiling kubeconform $KUBECONFORM_VERSION"
 GOBIN="$tmp/bin" go install -trimpath -ldflags "-s -w" \
   "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION"
+
+# The real node's runtime: containerd 2 (the kubelet of Kubernetes >= 1.36
+# needs it) with its runc shim, the CNI plugins, and crictl. containerd wants
+# cgo; each builds from its own go.mod, as its release does.
+log "compiling containerd $CONTAINERD_VERSION (containerd, ctr, containerd-shim-runc-v2)"
+cdv="github.com/containerd/containerd/v2/version"
+GOBIN="$tmp/bin" CGO_ENABLED=1 go install -trimpath \
+  -ldflags "-s -w -X $cdv.Version=${CONTAINERD_VERSION#v} -X $cdv.Revision=turnpike-local" \
+  "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION" \
+  "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION" \
+  "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION"
+log "compiling CNI plugins $CNI_PLUGINS_VERSION (bridge, host-local, loopback, portmap, tuning)"
+mkdir -p "$tmp/cni"
+cni="github.com/containernetworking/plugins"
+GOBIN="$tmp/cni" CGO_ENABLED=0 go install -trimpath \
+  -ldflags "-s -w -X $cni/pkg/utils/buildversion.BuildVersion=$CNI_PLUGINS_VERSION" \
+  "$cni/plugins/main/bridge@$CNI_PLUGINS_VERSION" \
+  "$cni/plugins/ipam/host-local@$CNI_PLUGINS_VERSION" \
+  "$cni/plugins/main/loopback@$CNI_PLUGINS_VERSION" \
+  "$cni/plugins/meta/portmap@$CNI_PLUGINS_VERSION" \
+  "$cni/plugins/meta/tuning@$CNI_PLUGINS_VERSION"
+log "compiling crictl $CRI_TOOLS_VERSION"
+GOBIN="$tmp/bin" CGO_ENABLED=0 go install -trimpath \
+  -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$CRI_TOOLS_VERSION" \
+  "sigs.k8s.io/cri-tools/cmd/crictl@$CRI_TOOLS_VERSION"
 
 elapsed=$(( $(date +%s) - start ))
 echo "$elapsed" > "$tmp/build-seconds"

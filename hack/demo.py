@@ -1,14 +1,16 @@
 """`make demo`: the whole loop on one machine, no GPU needed.
 
-1. Start the local cluster (fake H100/A100 nodes, compiled once and cached).
+1. Start the local cluster (compiled once and cached): the control plane, fake
+   H100/A100 pools, and a real node (kubelet, containerd, runc) with fake GPUs.
 2. Install the CRDs and run the operator (`turnpike run`) against it.
-3. Apply a queue-autoscaled ModelDeployment.
-4. For every pod kwok marks Running, start a real Triton on the CPU bound to
-   that pod's 127.x IP (the "loopback kubelet"), so the operator's metric
-   scraping reads real Triton queues.
-5. Send a bounded load ramp (up, plateau, burst, down) to the ready Tritons
-   and show queue depth, replicas and every scaling decision live.
-6. Write a summary and a PNG timeline, then stop everything (Ctrl-C too);
+3. Apply a queue-autoscaled ModelDeployment for the real node's GPU product. The
+   kubelet starts its pods from exactly what the operator rendered: the local
+   CPU Triton image, with the model repository fetched by the rendered
+   download init container from a local HTTP server on the node's bridge.
+4. Send a bounded load ramp (up, plateau, burst, down) through the
+   ModelDeployment's Service and show queue depth, replicas and every scaling
+   decision live: the operator reads the queue from each pod's Triton metrics.
+5. Write a summary and a PNG timeline, then stop everything (Ctrl-C too);
    `--keep` leaves the cluster up to explore with kubectl.
 """
 
@@ -31,9 +33,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "operator"), str(REPO)]
 
-from hack import loadgen, localcluster  # noqa: E402
+from hack import loadgen, localcluster, netrule, realnode  # noqa: E402
 from hack.kubectl import Kubectl  # noqa: E402
-from hack.loopback_kubelet import LoopbackKubelet  # noqa: E402
+from hack.modelserver import ModelServer  # noqa: E402
 from hack.operator_process import OperatorProcess, start_operator  # noqa: E402
 
 NAMESPACE = "turnpike-demo"
@@ -48,7 +50,6 @@ class Plan:
     phases: tuple[tuple[str, float, int], ...]
     stabilization_s: int
     scale_down_period_s: int
-    service_time_ms: float = 50.0
     target: float = 4.0
     max_replicas: int = 6
     # After the load ends, keep watching (at most this long) until the fleet has
@@ -70,16 +71,17 @@ QUICK = Plan(
 )
 
 
-def model_deployment(plan: Plan) -> dict[str, Any]:
+def model_deployment(plan: Plan, uri: str, image: str, product: str) -> dict[str, Any]:
     return {
         "apiVersion": "turnpike.dev/v1alpha1",
         "kind": "ModelDeployment",
         "metadata": {"name": NAME, "namespace": NAMESPACE},
         "spec": {
-            # The repository URI is what a real cluster would read; here the
-            # loopback kubelet serves hack/triton/model_repository instead.
-            "model": {"uri": "s3://demo/sleepy", "backend": "python", "name": "sleepy"},
-            "gpu": {"product": "NVIDIA-H100-80GB-HBM3"},
+            # hack/triton/model_repository as a tarball: the "sleepy" model
+            # answers after 50 ms on one instance, so requests queue.
+            "model": {"uri": uri, "backend": "python", "name": "sleepy"},
+            "gpu": {"product": product},
+            "runtime": {"image": image, "shmSize": "64Mi"},
             "minReplicas": 1,
             "maxReplicas": plan.max_replicas,
             "autoscaling": {
@@ -136,7 +138,7 @@ class View:
 
     def header(self) -> None:
         print(f"{'time':>5}  {'phase':<10} {'load':>4}  {'queue/replica':>13}  "
-              f"{'desired':>7}  {'ready':>5}  {'tritons':>7}")
+              f"{'desired':>7}  {'ready':>5}  {'pods':>7}")
 
     def line(self, p: Point) -> None:
         queue = "-" if p.queue is None else f"{p.queue:.1f}"
@@ -176,7 +178,7 @@ def plot(timeline: Timeline, path: Path) -> None:
             color = "tab:green" if point_b.desired > point_a.desired else "tab:blue"
             for ax in axes:
                 ax.axvline(point_b.t, color=color, alpha=0.3, linestyle="--")
-    fig.suptitle("Turnpike demo: queue-depth autoscaling on real Triton servers "
+    fig.suptitle("Turnpike demo: queue-depth autoscaling of real Triton pods "
                  "(green: scale-up, blue: scale-down)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -190,11 +192,16 @@ def run_demo(plan: Plan, out: Path, keep: bool, stop: threading.Event) -> dict[s
     cluster = localcluster.ensure()
     kubectl = Kubectl(cluster.kubectl(), cluster.kubeconfig)
     operator: OperatorProcess | None = None
-    kubelet: LoopbackKubelet | None = None
+    server: ModelServer | None = None
     timeline = Timeline()
     load_result: loadgen.LoadResult | None = None
     started_cluster = cluster.bin_dir is not None and not was_running
     try:
+        pools = realnode.real_pools(localcluster.load_shape())
+        if cluster.bin_dir is None or not pools:
+            raise SystemExit("the demo needs the local cluster's real node (unset KUBECONFIG)")
+        image = realnode.image_ref(realnode.build_images(), "tritonserver-cpu")
+        server = ModelServer().start()
         print("==> CRDs and the operator", flush=True)
         kubectl.run("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
         kubectl.run("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
@@ -203,26 +210,22 @@ def run_demo(plan: Plan, out: Path, keep: bool, stop: threading.Event) -> dict[s
                     timeout=150)
         kubectl.run("create", "namespace", NAMESPACE)
         print(f"==> ModelDeployment {NAMESPACE}/{NAME} (autoscaled 1..{plan.max_replicas}, "
-              f"target {plan.target:g} queued per replica)", flush=True)
-        kubectl.apply(model_deployment(plan))
-        kubelet = LoopbackKubelet([cluster.kubectl(), f"--kubeconfig={cluster.kubeconfig}"],
-                                  NAMESPACE, SELECTOR, plan.service_time_ms,
-                                  max_servers=plan.max_replicas + 2, log_dir=out)
-        kubelet.start(lifetime=sum(p[1] for p in plan.phases) + 300)
-        kubectl.run("wait", "--for=condition=Ready", "--timeout=120s", f"md/{NAME}",
-                    "-n", NAMESPACE, timeout=150)
-        deadline = time.monotonic() + 90
-        while not kubelet.ready_targets() and time.monotonic() < deadline and not stop.is_set():
-            time.sleep(0.2)
-        print(f"==> real Triton serving on {', '.join(kubelet.ready_targets())}; load ramp "
+              f"target {plan.target:g} queued per replica) on the real node {pools[0].node_name}; "
+              f"model from {server.tarball_url}", flush=True)
+        kubectl.apply(model_deployment(plan, server.tarball_url, image, pools[0].product))
+        kubectl.run("wait", "--for=condition=Ready", "--timeout=180s", f"md/{NAME}",
+                    "-n", NAMESPACE, timeout=200)
+        service_ip = kubectl.get("service", NAME, "-n", NAMESPACE)["spec"]["clusterIP"]
+        target = f"{service_ip}:8000"
+        print(f"==> Triton pods serving behind the Service {target}; load ramp "
               f"{' → '.join(f'{n} {c}×{d:g}s' for n, d, c in plan.phases)}", flush=True)
-        load_result = drive(plan, kubelet, kubectl, operator, timeline, stop)
+        load_result = drive(plan, target, kubectl, operator, timeline, stop)
     finally:
         print("==> stopping", flush=True)
-        if kubelet is not None:
-            kubelet.stop()
         if operator is not None:
             operator.stop()
+        if server is not None:
+            server.stop()
         if not keep:
             kubectl.run("delete", "namespace", NAMESPACE, "--wait=false", check=False)
             if started_cluster:
@@ -234,7 +237,17 @@ def run_demo(plan: Plan, out: Path, keep: bool, stop: threading.Event) -> dict[s
     return summary
 
 
-def drive(plan: Plan, kubelet: LoopbackKubelet, kubectl: Kubectl, operator: OperatorProcess,
+def ready_pods(kubectl: Kubectl) -> int:
+    pods = kubectl.items("pods", "-n", NAMESPACE, "-l", SELECTOR)
+    return sum(
+        1 for p in pods
+        if not p["metadata"].get("deletionTimestamp") and any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in p.get("status", {}).get("conditions", []))
+    )
+
+
+def drive(plan: Plan, target: str, kubectl: Kubectl, operator: OperatorProcess,
           timeline: Timeline, stop: threading.Event) -> loadgen.LoadResult:
     schedule = [(d, c) for _, d, c in plan.phases]
     boundaries = []
@@ -247,8 +260,10 @@ def drive(plan: Plan, kubelet: LoopbackKubelet, kubectl: Kubectl, operator: Oper
     loop = asyncio.new_event_loop()
 
     def load_thread() -> None:
+        # A new connection per request: kube-proxy balances connections, so
+        # this is how a client of a plain Service reaches replicas added later.
         result["load"] = loop.run_until_complete(loadgen.run_load(
-            kubelet.ready_targets, schedule, stop=load_stop, max_requests=200_000))
+            [target], schedule, stop=load_stop, max_requests=200_000, keepalive=False))
 
     thread = threading.Thread(target=load_thread, daemon=True)
     began = time.monotonic()
@@ -268,7 +283,7 @@ def drive(plan: Plan, kubelet: LoopbackKubelet, kubectl: Kubectl, operator: Oper
                       queue=metric(samples, "turnpike_queue_depth"),
                       desired=int(metric(samples, "turnpike_desired_replicas") or 0),
                       ready=int(metric(samples, "turnpike_ready_replicas") or 0),
-                      tritons=len(kubelet.ready_targets()))
+                      tritons=_quietly(ready_pods, kubectl))
         timeline.points.append(point)
         view.line(point)
         with contextlib.suppress(Exception):
@@ -290,6 +305,13 @@ def drive(plan: Plan, kubelet: LoopbackKubelet, kubectl: Kubectl, operator: Oper
         view.decisions(timeline.decisions)
     loop.close()
     return result["load"]
+
+
+def _quietly(probe: Any, kubectl: Kubectl) -> int:
+    try:
+        return int(probe(kubectl))
+    except Exception:  # a slow API answer must not end the demo; the next second retries
+        return 0
 
 
 def summarize(plan: Plan, timeline: Timeline, load: loadgen.LoadResult | None,
@@ -330,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="leave the cluster up afterwards")
     parser.add_argument("--out", type=Path, default=REPO / "out" / "demo")
     args = parser.parse_args(argv)
-    os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+    os.environ.setdefault("NO_PROXY", netrule.no_proxy())
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     stop = threading.Event()
 

@@ -1,12 +1,24 @@
 #!/usr/bin/env bash
-# Debian packages the tests and demo need. Idempotent; prints nothing when all
-# are present. Prometheus is used as a plain binary on 127.0.0.1: its package
-# would start a system service listening on every interface, so service starts
-# are refused while it installs.
+# Debian packages the tests, the demo and the real node need. Idempotent;
+# prints nothing when all are present.
+#
+# - prometheus: the real Prometheus of the Prometheus metrics source, run as a
+#   plain process on 127.0.0.1 (its package would start a system service
+#   listening on every interface, so service starts are refused while it installs);
+# - runc, nftables, iproute2: the real node (the OCI runtime containerd calls,
+#   the guard table and kube-proxy's nftables mode, the bridge);
+# - buildah, debootstrap, gcc, jq: the node's images, built here (hack/images);
+# - openssl: the local cluster's certificates.
 set -euo pipefail
 need=()
-command -v prometheus >/dev/null 2>&1 || [[ -x /usr/bin/prometheus ]] || need+=(prometheus)
-command -v openssl >/dev/null 2>&1 || need+=(openssl)
+have() { command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" || -x "/usr/bin/$1" || -x "/sbin/$1" ]]; }
+have prometheus || need+=(prometheus)
+for tool in openssl runc nft buildah debootstrap gcc jq; do
+  pkg=$tool
+  [[ $tool == nft ]] && pkg=nftables
+  have "$tool" || need+=("$pkg")
+done
+have ip || need+=(iproute2)
 [[ ${#need[@]} -eq 0 ]] && exit 0
 if [[ $(id -u) -ne 0 ]]; then
   echo "install these Debian packages first: ${need[*]}" >&2

@@ -84,3 +84,33 @@ def eventually(
                 f"timed out after {timeout}s waiting for {what}; last value {last!r} {error_text}"
             )
         time.sleep(interval)
+
+
+@dataclass(frozen=True)
+class ReadyPods:
+    """The ready, not terminating pods of a selector, as Triton HTTP targets.
+
+    For clients that talk to each pod directly (a benchmark probing one pod's
+    queue, say) rather than through the Service.
+    """
+
+    kubectl: Kubectl
+    selector: str
+    port: int = 8000
+
+    def ready_targets(self) -> list[str]:
+        try:
+            pods = self.kubectl.items("pods", "-l", self.selector)
+        except (KubectlError, subprocess.TimeoutExpired):
+            return []
+        return [
+            f"{p['status']['podIP']}:{self.port}"
+            for p in pods
+            if p.get("status", {}).get("podIP")
+            and not p["metadata"].get("deletionTimestamp")
+            and any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in p["status"].get("conditions", [])
+            )
+        ]
+

@@ -168,6 +168,7 @@ async def run_load(
     max_requests: int = DEFAULT_MAX_REQUESTS,
     max_total_s: float | None = None,
     request_timeout_s: float = 10.0,
+    keepalive: bool = True,
     stop: asyncio.Event | None = None,
     progress: list[PhaseStats] | None = None,
 ) -> LoadResult:
@@ -175,6 +176,13 @@ async def run_load(
 
     ``progress``, if given, is filled with each phase's live PhaseStats as the
     phase starts, for callers that watch a run in flight.
+
+    ``keepalive=False`` sends every request on a new connection
+    (``Connection: close``). Use it when the target is a Service's ClusterIP:
+    kube-proxy balances connections, not requests, so a keep-alive client stays
+    on the pods that existed when it connected, and each of its connections
+    breaks once when that pod drains (measured on the real node: one failed
+    request per connection during a rollout).
     """
     import numpy as np
     import tritonclient.http.aio as aioclient
@@ -204,6 +212,7 @@ async def run_load(
         return clients[target]
 
     data = np.ones(size, dtype=np.float32)
+    headers = None if keepalive else {"Connection": "close"}
     next_target = 0
     stats_all: list[PhaseStats] = []
 
@@ -225,7 +234,7 @@ async def run_load(
         start = time.monotonic()
         try:
             await asyncio.wait_for(
-                client.infer(model, inputs=[tensor], outputs=outputs),
+                client.infer(model, inputs=[tensor], outputs=outputs, headers=headers),
                 timeout=request_timeout_s,
             )
         except asyncio.CancelledError:

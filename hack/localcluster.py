@@ -1,10 +1,13 @@
-"""The local test cluster: a real Kubernetes control plane with fake GPU nodes.
+"""The local test cluster: a real Kubernetes control plane, fake GPU pools and a real node.
 
 etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok run as
 plain processes on free 127.0.0.1 ports; kwok plays the kubelets of nodes that
 look the way GPU Feature Discovery and the NVIDIA device plugin present them.
-Every address handed out (node IPs, pod IPs, the service range, the advertise
-address) is in 127.0.0.0/8, so nothing here ever dials a private or public host.
+A real node (``hack/realnode.py``: kubelet, containerd, runc, CNI, kube-proxy,
+a GPU device plugin) runs the pods scheduled to it. The cluster shape file says
+which pools are kwok and which is real. Every address handed out is loopback,
+or in the harness ranges of ``hack/netrule.py`` that exist only on the real
+node's bridge, so nothing here ever dials a host off this machine.
 
     python hack/localcluster.py up          # build (cached) and start, or reuse
     python hack/localcluster.py down        # stop every process, remove state
@@ -39,17 +42,26 @@ from typing import Any
 
 import yaml
 
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hack import netrule, realnode
+
 REPO = Path(__file__).resolve().parent.parent
 HACK = REPO / "hack"
 STATE_DIR = Path(os.environ.get("TURNPIKE_CLUSTER_DIR", REPO / ".state" / "cluster"))
 SHAPE_FILE = Path(os.environ.get("TURNPIKE_CLUSTER_SHAPE", HACK / "cluster-shape.yaml"))
 
-# Loopback ranges for everything the cluster hands out.
-SERVICE_CIDR = "127.96.0.0/16"
+# Services must be reachable from the real node's pods, so their range is a
+# harness range; kwok's fake pods keep loopback addresses.
+SERVICE_CIDR = netrule.SERVICE_CIDR
 DEFAULT_POD_CIDR = "127.64.255.0/24"
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
 FAKE_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+# Every component a cluster with a real node runs (see components()).
+COMPONENTS = (*CONTROL_PLANE, *realnode.COMPONENTS)
+NO_PROXY = netrule.no_proxy()
 # Ports that accept connections once the cluster is up (etcd's peer port only
 # listens for other members, and there are none).
 SERVING_PORTS = ("etcd", "apiserver", "controller_manager", "scheduler", "kwok")
@@ -160,6 +172,16 @@ def _read_state() -> dict[str, Any]:
         return {}
 
 
+def components(state: dict[str, Any]) -> tuple[str, ...]:
+    """The processes this cluster runs: the control plane, plus the real node's."""
+    if not state.get("real_pool"):
+        return CONTROL_PLANE
+    node = [*realnode.COMPONENTS]
+    if not state["real_pool"].get("gpus"):
+        node.remove("gpu-device-plugin")
+    return (*CONTROL_PLANE, *node)
+
+
 def _write_state(state: dict[str, Any]) -> None:
     tmp = STATE_DIR / "state.json.tmp"
     tmp.write_text(json.dumps(state, indent=2))
@@ -238,12 +260,35 @@ def _make_pki(pki: Path) -> None:
         "-CAkey",
         "ca.key",
         "-addext",
-        "subjectAltName=IP:127.0.0.1,IP:127.96.0.1,DNS:localhost,"
-        "DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc",
+        f"subjectAltName=IP:127.0.0.1,IP:{netrule.KUBERNETES_SERVICE_IP},IP:{netrule.NODE_IP},"
+        "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,"
+        "DNS:kubernetes.default.svc.cluster.local",
         "-keyout",
         "apiserver.key",
         "-out",
         "apiserver.crt",
+        cwd=pki,
+    )
+    # The API server's client certificate for kubelets (logs, exec, port-forward).
+    _run(
+        ossl,
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "3650",
+        "-subj",
+        "/O=system:masters/CN=kube-apiserver-kubelet-client",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-keyout",
+        "kubelet-client.key",
+        "-out",
+        "kubelet-client.crt",
         cwd=pki,
     )
     _run(ossl, "genrsa", "-out", "sa.key", "2048", cwd=pki)
@@ -284,6 +329,8 @@ def node_manifests(shape: dict[str, Any], first_index: int = 1) -> list[dict[str
     nodes: list[dict[str, Any]] = []
     index = first_index - 1
     for pool in shape["pools"]:
+        if pool.get("real"):
+            continue
         for n in range(int(pool["count"])):
             index += 1
             name = f"{pool['name']}-{n}"
@@ -354,11 +401,7 @@ def _start(name: str, argv: list[str], state: dict[str, Any]) -> None:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            env={
-                **os.environ,
-                "NO_PROXY": "127.0.0.1,localhost",
-                "no_proxy": "127.0.0.1,localhost",
-            },
+            env={**os.environ, "NO_PROXY": NO_PROXY, "no_proxy": NO_PROXY},
         )
     state.setdefault("pids", {})[name] = proc.pid
     _write_state(state)
@@ -368,7 +411,7 @@ def running() -> Cluster | None:
     """The cluster of this checkout when every component is up and the API answers."""
     state = _read_state()
     pids = state.get("pids", {})
-    if set(pids) != set(COMPONENTS) or not all(
+    if set(pids) != set(components(state)) or not all(
         process_alive(p) and _ours(p) for p in pids.values()
     ):
         return None
@@ -395,11 +438,23 @@ def up() -> Cluster:
 
     cache = build()
     bin_dir = cache / "bin"
+    pools = realnode.real_pools(load_shape())
+    pool = pools[0] if pools else None
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     pki = STATE_DIR / "pki"
     _make_pki(pki)
     token = secrets.token_hex(24)
-    (STATE_DIR / "tokens.csv").write_text(f"{token},turnpike-admin,turnpike-admin,system:masters\n")
+    identities = {
+        "admin": (token, "turnpike-admin", "system:masters"),
+        "kube-proxy": (secrets.token_hex(24), "system:kube-proxy", "system:node-proxiers"),
+    }
+    if pool is not None:
+        # The kubelet's own identity, as the Node authorizer and NodeRestriction expect.
+        node_user = f"system:node:{pool.node_name}"
+        identities["kubelet"] = (secrets.token_hex(24), node_user, "system:nodes")
+    (STATE_DIR / "tokens.csv").write_text(
+        "".join(f'{t},{user},{user},"{group}"\n' for t, user, group in identities.values())
+    )
     ports = {
         "etcd": free_port(),
         "etcd_peer": free_port(),
@@ -408,11 +463,35 @@ def up() -> Cluster:
         "scheduler": free_port(),
         "kwok": free_port(),
     }
-    state: dict[str, Any] = {"bin": str(bin_dir), "ports": ports, "token": token, "pids": {}}
+    if pool is not None:
+        ports.update(
+            kubelet=10250,
+            kubelet_healthz=free_port(),
+            kube_proxy_healthz=free_port(),
+            kube_proxy_metrics=free_port(),
+        )
+    state: dict[str, Any] = {
+        "bin": str(bin_dir),
+        "ports": ports,
+        "token": token,
+        "pids": {},
+        "state_dir": str(STATE_DIR.resolve()),
+        "real_pool": pool.__dict__ if pool is not None else None,
+    }
     _write_state(state)
     kubeconfig = STATE_DIR / "kubeconfig"
     server = f"https://127.0.0.1:{ports['apiserver']}"
     _write_kubeconfig(kubeconfig, server, pki / "ca.crt", token)
+    node_kubeconfigs = {}
+    for name in ("kubelet", "kube-proxy"):
+        if name in identities:
+            node_kubeconfigs[name] = STATE_DIR / f"{name}.kubeconfig"
+            _write_kubeconfig(node_kubeconfigs[name], server, pki / "ca.crt", identities[name][0])
+    if pool is not None:
+        # The bridge and the guard table come first: the API server advertises
+        # the bridge address, and no pod may start before the guard is in place.
+        realnode.prepare_host(state, guarded_ports=[ports["apiserver"], ports["etcd"]])
+        _write_state(state)
 
     etcd_url = f"http://127.0.0.1:{ports['etcd']}"
     peer_url = f"http://127.0.0.1:{ports['etcd_peer']}"
@@ -435,18 +514,35 @@ def up() -> Cluster:
     )
     wait_for("etcd", lambda: _http_ok(f"{etcd_url}/health"), 30, ("etcd",))
 
+    if pool is not None:
+        # In-cluster clients reach the API server through the `kubernetes`
+        # Service, whose endpoint is the bridge address. It listens on every
+        # address; the guard table drops its port on every interface but lo
+        # and the bridge.
+        network = [
+            "--bind-address=0.0.0.0",
+            f"--advertise-address={netrule.NODE_IP}",
+            f"--kubelet-client-certificate={pki / 'kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'kubelet-client.key'}",
+            # Otherwise `kubectl logs` resolves the node's name with the machine's DNS.
+            "--kubelet-preferred-address-types=InternalIP",
+        ]
+    else:
+        network = [
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            # Endpoints refuse loopback addresses: the apiserver's own is not published.
+            "--endpoint-reconciler-type=none",
+        ]
     log("starting kube-apiserver")
     _start(
         "kube-apiserver",
         [
             str(bin_dir / "kube-apiserver"),
             f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            *network,
             f"--secure-port={ports['apiserver']}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
-            # Endpoints refuse loopback addresses, so the apiserver's own endpoint is not published.
-            "--endpoint-reconciler-type=none",
             f"--cert-dir={pki}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
             f"--tls-private-key-file={pki / 'apiserver.key'}",
@@ -455,9 +551,9 @@ def up() -> Cluster:
             f"--service-account-issuer={server}",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
-            "--authorization-mode=RBAC",
+            "--authorization-mode=Node,RBAC",
             "--enable-admission-plugins=NamespaceLifecycle,LimitRanger,ServiceAccount,"
-            "DefaultTolerationSeconds,Priority,PodSecurity,ResourceQuota,"
+            "DefaultTolerationSeconds,Priority,PodSecurity,ResourceQuota,NodeRestriction,"
             "MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ValidatingAdmissionPolicy",
             "--allow-privileged=true",
             "--profiling=false",
@@ -471,6 +567,7 @@ def up() -> Cluster:
         120,
         ("etcd", "kube-apiserver"),
     )
+    started_components = CONTROL_PLANE
 
     log("starting kube-controller-manager, kube-scheduler and kwok")
     _start(
@@ -530,7 +627,27 @@ def up() -> Cluster:
         state,
     )
     cluster = Cluster(kubeconfig=kubeconfig, bin_dir=bin_dir)
+    if pool is not None:
+        log(f"starting the real node {pool.node_name} (containerd, kubelet, kube-proxy)")
+        realnode.start(
+            state,
+            pool,
+            bin_dir,
+            pki,
+            node_kubeconfigs,
+            start_process=lambda name, argv: _start(name, argv, state),
+            wait_for=wait_for,
+        )
+        started_components = components(state)
     apply_nodes(cluster)
+    if pool is not None:
+        kubectl_argv = [cluster.kubectl(), f"--kubeconfig={kubeconfig}"]
+        wait_for(
+            f"real node {pool.node_name} Ready with {pool.gpus} nvidia.com/gpu",
+            lambda: realnode.node_ready(kubectl_argv, pool),
+            120,
+            started_components,
+        )
     kubectl = cluster.kubectl()
     wait_for(
         "the default ServiceAccount",
@@ -551,7 +668,7 @@ def up() -> Cluster:
             == 0
         ),
         60,
-        COMPONENTS,
+        started_components,
     )
     # "Up" means every component serves: the scheduler and kwok bind their
     # ports a little after they start, and a caller may probe them at once.
@@ -559,7 +676,7 @@ def up() -> Cluster:
         "every component's port",
         lambda: all(_port_open(ports[name]) for name in SERVING_PORTS),
         60,
-        COMPONENTS,
+        started_components,
     )
     log(f"cluster up in {time.monotonic() - started:.1f}s; KUBECONFIG={kubeconfig}")
     return cluster
@@ -583,6 +700,8 @@ def apply_nodes(cluster: Cluster) -> None:
             stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": missing}),
         )
     names = [n["metadata"]["name"] for n in nodes]
+    if not names:
+        return
     wait_for(
         f"{len(names)} nodes Ready",
         lambda: (
@@ -601,7 +720,7 @@ def apply_nodes(cluster: Cluster) -> None:
             == 0
         ),
         60,
-        COMPONENTS if cluster.bin_dir else (),
+        CONTROL_PLANE if cluster.bin_dir else (),
     )
 
 
@@ -610,7 +729,11 @@ def down() -> None:
     state = _read_state()
     pids: dict[str, int] = state.get("pids", {})
     ours = {name: pid for name, pid in pids.items() if process_alive(pid) and _ours(pid)}
-    for name in reversed(COMPONENTS):
+    if state.get("realnode") is not None:
+        # The node first, while containerd can still stop its pods cleanly.
+        bin_dir = Path(state["bin"]) if state.get("bin") else None
+        realnode.stop(state, bin_dir, ours, process_alive)
+    for name in reversed(CONTROL_PLANE):
         pid = ours.get(name)
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from hack import localcluster
+from hack import localcluster, netrule, realnode
 from hack.kubectl import Kubectl
 from hack.operator_process import OperatorProcess, start_operator
 
-os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
-os.environ.setdefault("no_proxy", "127.0.0.1,localhost")
+os.environ.setdefault("NO_PROXY", netrule.no_proxy())
+os.environ.setdefault("no_proxy", netrule.no_proxy())
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +31,16 @@ def cluster() -> Iterator[localcluster.Cluster]:
     started_here = cluster.bin_dir is not None and not was_running
     if started_here and os.environ.get("TURNPIKE_KEEP_CLUSTER") != "1":
         localcluster.down()
+
+
+@pytest.fixture(scope="session")
+def real_node(cluster: localcluster.Cluster) -> str:
+    """The local cluster's real node (kubelet, containerd); skips on a user's KUBECONFIG,
+    where the real node and the locally built images do not exist."""
+    pools = realnode.real_pools(localcluster.load_shape())
+    if cluster.bin_dir is None or not pools:
+        pytest.skip("needs the local cluster's real node (KUBECONFIG points elsewhere)")
+    return pools[0].node_name
 
 
 @pytest.fixture(scope="session")
@@ -55,8 +65,15 @@ def kube(kubectl: Kubectl, namespace: str) -> Kubectl:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests marked ``after_all`` look at what the whole suite left behind: run them last."""
-    items.sort(key=lambda item: item.get_closest_marker("after_all") is not None)
+    """``before_all`` tests run first (they stop and start clusters of their own);
+    ``after_all`` tests look at what the whole suite left behind: they run last."""
+
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("before_all") is not None:
+            return 0
+        return 2 if item.get_closest_marker("after_all") is not None else 1
+
+    items.sort(key=rank)
 
 
 REPO = Path(__file__).resolve().parent.parent

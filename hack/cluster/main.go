@@ -1,11 +1,13 @@
-// Command k8s-multi is one binary holding every control-plane program the
-// local test cluster needs. Linking Kubernetes once instead of six times saves
+// Command k8s-multi is one binary holding every program the local test cluster
+// needs: the control plane, kwok, and the real node's kubelet, kube-proxy and
+// GPU device plugin. Linking Kubernetes once instead of six times saves
 // most of a cold build on a small machine. The program to run is chosen by the
 // name it was invoked as (symlinks made by hack/build-cluster.sh) or, failing
 // that, by the first argument: `k8s-multi kube-apiserver --help`.
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -19,7 +21,9 @@ import (
 	kubectlutil "k8s.io/kubectl/pkg/cmd/util"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	kubeproxy "k8s.io/kubernetes/cmd/kube-proxy/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 
 	"go.etcd.io/etcd/server/v3/etcdmain"
 )
@@ -37,6 +41,12 @@ var programs = map[string]func(){
 	},
 	"etcd": func() { etcdmain.Main(os.Args) },
 	"kwok": runKwok,
+	// The real node: the same kubelet and kube-proxy a user runs, from the
+	// same pinned module as the control plane.
+	"kubelet":    func() { os.Exit(cli.Run(kubelet.NewKubeletCommand(context.Background()))) },
+	"kube-proxy": func() { os.Exit(cli.Run(kubeproxy.NewProxyCommand())) },
+	// Fake GPUs through the kubelet's real device-plugin path.
+	"gpu-device-plugin": runGPUDevicePlugin,
 }
 
 func main() {

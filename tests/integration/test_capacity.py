@@ -10,8 +10,7 @@ import pytest
 
 from hack import loadgen
 from hack.kubectl import Kubectl, eventually
-from hack.localcluster import Cluster
-from hack.loopback_kubelet import LoopbackKubelet
+from tests.realpods import REAL_PRODUCT, local_volume, real_md
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("operator")]
 A100 = "NVIDIA-A100-SXM4-80GB"
@@ -119,16 +118,19 @@ def test_reserved_preempts_spot_and_spot_says_why(
     delete_consumers(kube)
 
 
+@pytest.mark.usefixtures("real_node")
 def test_budget_caps_the_autoscaler_and_raising_it_lets_it_grow(
-    kube: Kubectl, kubectl: Kubectl, cluster: Cluster, tiers: list[str]
+    kube: Kubectl, kubectl: Kubectl, tiers: list[str]
 ) -> None:
+    """Real Triton pods on the real node, loaded through their Service."""
     name = f"reserved-{uuid.uuid4().hex[:5]}"
-    kubectl.apply(tier(name, "reserved", {H100: 2}, [kube.namespace or ""]))
+    kubectl.apply(tier(name, "reserved", {REAL_PRODUCT: 2}, [kube.namespace or ""]))
     tiers.append(name)
-    body = md(
+    local_volume(kube, "models")
+    body = real_md(
         "busy",
-        name,
-        H100,
+        "pvc://models",
+        tier=name,
         minReplicas=1,
         maxReplicas=5,
         autoscaling={
@@ -139,23 +141,14 @@ def test_budget_caps_the_autoscaler_and_raising_it_lets_it_grow(
             "stabilizationWindowSeconds": 300,
         },
     )
-    body["spec"]["model"]["backend"] = "python"
     kube.apply(body)
-    kube.run("wait", "--for=condition=Ready", "--timeout=90s", "md/busy", timeout=100)
-    kubelet = LoopbackKubelet(
-        [cluster.kubectl(), f"--kubeconfig={cluster.kubeconfig}"],
-        kube.namespace or "",
-        "turnpike.dev/model-deployment=busy",
-        service_time_ms=50,
-        max_servers=6,
-    )
-    with kubelet:
-        eventually("a Triton serving", kubelet.ready_targets, timeout=60)
-        # Long enough to outlast both waits below; stopped as soon as they pass.
-        with loadgen.background(kubelet.ready_targets, [(180, 24)]) as load:
-            _grow_past_the_budget(kube, kubectl, name, load)
+    kube.run("wait", "--for=condition=Ready", "--timeout=180s", "md/busy", timeout=190)
+    service = kube.get("service", "busy")["spec"]["clusterIP"]
+    # Long enough to outlast both waits below; stopped as soon as they pass.
+    with loadgen.background([f"{service}:8000"], [(180, 24)], keepalive=False) as load:
+        _grow_past_the_budget(kube, kubectl, name, load)
     status = kubectl.get("capacitytier", name)["status"]
-    assert status["budget"][H100] == 5 and status["granted"][H100] > 2
+    assert status["budget"][REAL_PRODUCT] == 5 and status["granted"][REAL_PRODUCT] > 2
     delete_consumers(kube)
 
 
@@ -182,7 +175,7 @@ def _grow_past_the_budget(
         name,
         "--type=merge",
         "-p",
-        f'{{"spec": {{"gpuBudget": {{"{H100}": 5}}}}}}',
+        f'{{"spec": {{"gpuBudget": {{"{REAL_PRODUCT}": 5}}}}}}',
     )
     eventually(
         "growth past the old budget",

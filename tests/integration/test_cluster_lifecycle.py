@@ -1,7 +1,13 @@
-"""`cluster-up` is idempotent and `cluster-down` leaves nothing behind.
+"""`cluster-up` is idempotent and `cluster-down` leaves nothing behind, real node included.
 
-Runs a second, throwaway cluster in its own state directory (the build is
-shared through the machine-wide cache), so the suite's cluster is untouched.
+Runs before every other test (``before_all``): one machine runs one real node
+(the kubelet's device-plugin socket path is fixed), so this test first stops
+this checkout's cluster if one is running, then brings up a throwaway cluster in
+its own state directory, runs a real pod on its real node (a network namespace,
+a veth, a Secret and an emptyDir volume, an overlay rootfs), takes it down and
+checks that no process, listener, mount, network namespace, bridge, veth,
+nftables table, cgroup or changed sysctl is left. The suite's own cluster is
+then started by the ``cluster`` fixture as usual.
 """
 
 from __future__ import annotations
@@ -17,9 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from hack import localcluster
+from hack import localcluster, realnode
+from hack.kubectl import Kubectl, eventually
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.before_all]
 SCRIPT = Path(localcluster.__file__)
 
 
@@ -68,11 +75,53 @@ def cluster_listens(port: int, path: Path) -> bool:
     return not pids or any(pid in processes_mentioning(path) for pid in pids)
 
 
+def sleeper_pod(image: str, product: str) -> list[dict[str, object]]:
+    """A pod on the real node with everything whose teardown could leak."""
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "lifecycle", "namespace": "default"},
+            "stringData": {"token": "not-a-secret"},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "lifecycle", "namespace": "default"},
+            "spec": {
+                "nodeSelector": {"nvidia.com/gpu.product": product},
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+                "terminationGracePeriodSeconds": 30,
+                "containers": [
+                    {
+                        "name": "sleep",
+                        "image": image,
+                        "command": ["sleep", "600"],
+                        "resources": {"limits": {"nvidia.com/gpu": "1"}},
+                        "volumeMounts": [
+                            {"name": "secret", "mountPath": "/secret"},
+                            {"name": "scratch", "mountPath": "/scratch"},
+                        ],
+                    }
+                ],
+                "volumes": [
+                    {"name": "secret", "secret": {"secretName": "lifecycle"}},
+                    {"name": "scratch", "emptyDir": {"medium": "Memory"}},
+                ],
+            },
+        },
+    ]
+
+
 @pytest.mark.skipif(
     bool(os.environ.get("KUBECONFIG")) and os.environ.get("TURNPIKE_LOCAL_CLUSTER") != "1",
     reason="uses the local cluster's binaries; KUBECONFIG points elsewhere",
 )
-def test_cluster_up_is_idempotent_and_cluster_down_stops_everything(tmp_path: Path) -> None:
+def test_cluster_up_is_idempotent_and_cluster_down_leaves_nothing(tmp_path: Path) -> None:
+    if localcluster.running() is not None or localcluster._read_state():
+        localcluster.down()  # the suite's fixture starts it again
+    sysctls_before = realnode.read_sysctls()
+    tables_before = realnode.nft_tables()
     state_dir = tmp_path / "cluster"
     started = time.monotonic()
     kubeconfig = run(state_dir, "up").stdout.strip()
@@ -81,8 +130,10 @@ def test_cluster_up_is_idempotent_and_cluster_down_stops_everything(tmp_path: Pa
     assert status["running"] is True
     pids: dict[str, int] = status["pids"]
     ports: dict[str, int] = status["ports"]
-    assert set(pids) == set(localcluster.COMPONENTS)
-    assert all(listening(p) for name, p in ports.items() if name != "etcd_peer")
+    state = json.loads((state_dir / "state.json").read_text())
+    assert set(pids) == set(localcluster.components(state))
+    assert {"kubelet", "containerd", "kube-proxy"} <= set(pids)
+    assert all(listening(p) for name, p in ports.items() if name not in ("etcd_peer", "kubelet"))
 
     started = time.monotonic()
     again = run(state_dir, "up")
@@ -90,12 +141,33 @@ def test_cluster_up_is_idempotent_and_cluster_down_stops_everything(tmp_path: Pa
     assert again.stdout.strip() == kubeconfig
     assert "reusing the running cluster" in again.stderr
     assert json.loads(run(state_dir, "status").stdout)["pids"] == pids, "second up restarted"
-    print(f"\nwarm cluster-up {first_up:.1f}s, reuse {second_up:.1f}s")
 
+    kubectl = Kubectl(str(Path(state["bin"]) / "kubectl"), Path(kubeconfig))
+    pool = state["real_pool"]
+    image = realnode.image_ref(realnode.build_images(), "tritonserver-cpu")
+    kubectl.apply(*sleeper_pod(image, pool["product"]))
+    eventually(
+        "the real pod Running",
+        lambda: kubectl.get("pod", "lifecycle", "-n", "default")["status"].get("phase")
+        == "Running",
+        timeout=120,
+    )
+    assert realnode.veths_on_bridge(), "a running pod has a veth on the bridge"
+    assert realnode.mounts_under([state_dir]), "a running pod has mounts under the state dir"
+
+    started = time.monotonic()
     run(state_dir, "down")
+    down_s = time.monotonic() - started
+    print(
+        f"\ncluster-up from stopped {first_up:.1f}s, reuse {second_up:.1f}s, "
+        f"down with a running pod {down_s:.1f}s"
+    )
     assert not [name for name, pid in pids.items() if localcluster.process_alive(pid)]
     assert not processes_mentioning(state_dir), "a process of the cluster is still running"
     # A port may be taken again at once by an unrelated process on a busy machine;
     # what must not happen is one of the cluster's processes still listening.
     assert not [name for name, port in ports.items() if cluster_listens(port, state_dir)]
     assert not state_dir.exists()
+    assert realnode.residue(state_dir, sysctls_before) == []
+    assert realnode.nft_tables() == tables_before
+    assert first_up < 60, f"warm cluster-up took {first_up:.1f}s (bound 60 s)"

@@ -1,0 +1,124 @@
+"""Helpers for tests whose ModelDeployment pods run on the real node.
+
+The pods are started by the kubelet from exactly what Turnpike rendered: the
+local CPU Triton image (``hack/images``), the Python backend and the ``sleepy``
+model of ``hack/triton/model_repository``, which arrives the ways users ship a
+model repository: a PersistentVolumeClaim, an HTTP tarball, or a
+Hub-compatible endpoint. The servers for the last two listen on the real node's
+bridge address (a harness address, ``hack/netrule.py``), the only host address
+a pod can reach (``hack/modelserver.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+from hack import realnode
+from hack.kubectl import Kubectl, eventually
+from hack.modelserver import MODEL, ModelServer, model_server
+
+__all__ = ["MODEL", "ModelServer", "model_server"]
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL_REPOSITORY = REPO / "hack" / "triton" / "model_repository"
+# The real node's GPU product (hack/cluster-shape.yaml): pinning it puts a
+# ModelDeployment's pods on the real node and nowhere else.
+REAL_PRODUCT = "NVIDIA-L4"
+
+
+@functools.cache
+def triton_image() -> str:
+    """The local CPU Triton image's ref (built and imported at cluster-up)."""
+    return realnode.image_ref(realnode.build_images(), "tritonserver-cpu")
+
+
+def real_md(name: str, uri: str, **spec: Any) -> dict[str, Any]:
+    """A ModelDeployment whose pods run on the real node with the CPU Triton image."""
+    runtime = {"image": triton_image(), "shmSize": "64Mi", **spec.pop("runtime", {})}
+    body: dict[str, Any] = {
+        "apiVersion": "turnpike.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"uri": uri, "backend": "python", "name": MODEL, **spec.pop("model", {})},
+            "gpu": {"count": 1, "product": REAL_PRODUCT},
+            "runtime": runtime,
+            **spec,
+        },
+    }
+    return body
+
+
+def local_volume(kube: Kubectl, name: str) -> None:
+    """A PersistentVolume on the real node holding the model repository, and its claim.
+
+    A ``local`` volume, as a platform team would give a node's NVMe: the claim
+    binds to it by name, and the pod is placed where the data is.
+    """
+    namespace = kube.namespace
+    assert namespace is not None
+    node = f"{realnode_pool_name()}-0"
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": f"{namespace}-{name}"[:253]},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadOnlyMany"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "claimRef": {"namespace": namespace, "name": name},
+                "local": {"path": str(MODEL_REPOSITORY)},
+                "nodeAffinity": {
+                    "required": {
+                        "nodeSelectorTerms": [
+                            {
+                                "matchExpressions": [
+                                    {
+                                        "key": "kubernetes.io/hostname",
+                                        "operator": "In",
+                                        "values": [node],
+                                    }
+                                ]
+                            }
+                        ]
+                    }
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name},
+            "spec": {
+                "accessModes": ["ReadOnlyMany"],
+                "storageClassName": "",
+                "volumeName": f"{namespace}-{name}"[:253],
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    )
+
+
+def realnode_pool_name() -> str:
+    from hack import localcluster
+
+    pools = realnode.real_pools(localcluster.load_shape())
+    assert pools, "the cluster shape has no real node"
+    return pools[0].name
+
+
+def real_node_pods(kubectl: Kubectl) -> list[dict[str, Any]]:
+    """Pods of every namespace bound to the real node, terminating ones included."""
+    node = f"{realnode_pool_name()}-0"
+    return kubectl.items("pods", "--all-namespaces", "--field-selector", f"spec.nodeName={node}")
+
+
+def wait_real_node_idle(kubectl: Kubectl, timeout: float = 120) -> None:
+    """Wait until no pod holds the real node (earlier tests' namespaces are deleted
+    without waiting, and a draining Triton pod keeps its GPU for its grace period)."""
+    eventually("the real node free of other pods", lambda: not real_node_pods(kubectl) or None,
+               timeout=timeout, interval=1)
