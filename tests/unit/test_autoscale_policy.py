@@ -718,3 +718,59 @@ def test_spec_scale_up_base_doubles_what_was_asked_once_per_period() -> None:
     for _ in range(7):
         assert sim.step(400.0, ready=4, starting=4).replicas == 8
     assert sim.step(400.0, ready=4, starting=4).replicas == 16  # 16 s later
+
+
+# --- Issue 11: values no queue can have hold the count, never crash ---------------
+
+
+@pytest.mark.parametrize(
+    "queue", [1e308 + 1e308, float("nan"), float("-inf"), -1.0, 2 * 1e308, 1e300]
+)
+def test_unusable_metric_values_hold_and_say_so(queue: float) -> None:
+    # Defect 6: two pods reporting 1e308 summed to inf and decide() raised
+    # OverflowError in _ceil; NaN and -inf crashed _fmt.
+    sim = warm(Sim(), 16.0)
+    for metric in ("queueDepth", "queueTime"):
+        params = replace(PARAMS, metric=metric)
+        obs = observe(sim.t + SCRAPE, queue, wait_ms=queue)
+        d = decide(
+            params,
+            current=4,
+            ready=4,
+            starting=0,
+            history=sim.history,
+            now=sim.t + SCRAPE,
+            observation=obs,
+        )
+        assert d.replicas == 4 and not d.changed
+        assert d.metrics_stale and "metrics unusable" in d.reason
+
+
+def test_a_tiny_target_saturates_instead_of_overflowing() -> None:
+    params = replace(PARAMS, target=5e-324, max_replicas=10_000)
+    d = decide(
+        params,
+        current=4,
+        ready=4,
+        starting=0,
+        history=History(),
+        now=T0,
+        observation=observe(T0, 1e15),
+    )
+    assert d.replicas == 8  # as far as maxScaleUpRate allows from 4 ready
+
+
+def test_a_sample_from_the_future_holds() -> None:
+    # Found by the fuzz run: a sample time 1e305 s ahead overflowed the ms conversion.
+    for ahead in (1.8e305, 3600.0):
+        d = decide(
+            PARAMS,
+            current=4,
+            ready=4,
+            starting=0,
+            history=History(),
+            now=T0,
+            observation=observe(T0 + ahead, 0.0),
+        )
+        assert (d.replicas, d.metrics_stale) == (4, True)
+        assert "ahead of the clock" in d.reason

@@ -159,10 +159,12 @@ def test_collections_touched_by_cel_are_bounded() -> None:
 
 
 def _cel_paths(expression: str) -> set[tuple[str, ...]]:
-    return {
-        tuple(match.group(1).split(".")[1:])
-        for match in re.finditer(r"\b(?:self|oldSelf)((?:\.\w+)+)", expression)
-    }
+    """Field paths read from self/oldSelf, without a trailing method (``.matches(``)."""
+    paths = set()
+    for match in re.finditer(r"\b(?:self|oldSelf)((?:\.\w+)+)(\(?)", expression):
+        chain = tuple(match.group(1).split(".")[1:])
+        paths.add(chain[:-1] if match.group(2) else chain)
+    return {p for p in paths if p}
 
 
 def test_cel_rules_reference_existing_fields() -> None:

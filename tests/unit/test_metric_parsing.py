@@ -11,9 +11,12 @@ nv_trt_llm_* families.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from turnpike.autoscale.signal import (
+    MAX_EXPOSITION_LINES,
     MetricsParseError,
     Observation,
     PodMetrics,
@@ -303,3 +306,50 @@ def test_in_flight_is_the_compute_rate_between_two_scrapes() -> None:
     assert pod_in_flight(None, after, 2.0) is None  # no previous reading
     assert pod_in_flight(before, after, 0.0) is None
     assert pod_in_flight(PodMetrics(), PodMetrics(), 2.0) is None  # not exported
+
+
+# --- Issue 11: bounded work, and no value that breaks arithmetic ---------------------
+
+
+def test_a_400_digit_sample_is_garbage_not_an_overflow() -> None:
+    # Defect 6: the parser returns an int, and math.isfinite(int) raised OverflowError.
+    body = 'nv_inference_pending_request_count{model="m",version="1"} ' + "9" * 400 + "\n"
+    with pytest.raises(MetricsParseError, match="unusable value"):
+        parse_triton_metrics(body)
+
+
+def test_samples_that_sum_beyond_precision_are_garbage() -> None:
+    line = 'nv_inference_pending_request_count{{model="m",version="{v}"}} 9e15\n'
+    body = line.format(v=1) + line.format(v=2)
+    with pytest.raises(MetricsParseError, match="sums to"):
+        parse_triton_metrics(body)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        'nv_inference_pending_request_count{model="m",version="1"} 1\n',
+        'other_family{a="b"} 1\n',
+    ],
+)
+def test_an_8_mib_body_is_refused_before_any_parsing(line: str) -> None:
+    # Defect 12: parsing 8 MiB took 3-6 s, in a thread the scrape deadline cannot stop.
+    body = line * (8 * 1024 * 1024 // len(line))
+    started = time.monotonic()
+    with pytest.raises(MetricsParseError, match="larger than any Triton exposition"):
+        parse_triton_metrics(body)
+    assert time.monotonic() - started < 0.5
+
+
+def test_many_short_lines_are_refused_too() -> None:
+    body = "a 1\n" * (MAX_EXPOSITION_LINES + 1)
+    with pytest.raises(MetricsParseError, match="lines"):
+        parse_triton_metrics(body)
+
+
+def test_the_largest_accepted_body_parses_in_bounded_time() -> None:
+    line = 'nv_inference_pending_request_count{model="m",version="1"} 1\n'
+    body = line * MAX_EXPOSITION_LINES
+    started = time.monotonic()
+    assert parse_triton_metrics(body).pending == MAX_EXPOSITION_LINES
+    assert time.monotonic() - started < 2.0  # ~0.2 s on one idle core

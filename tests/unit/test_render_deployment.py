@@ -8,8 +8,11 @@ from typing import Any
 
 import pytest
 
+from tests.unit.kubelet_expansion import expand_all
 from turnpike.api import ModelDeployment
+from turnpike.api import modeldeployment as mdapi
 from turnpike.api.constants import DEFAULT_RUNTIME_IMAGE
+from turnpike.reconcile.children import MAX_CHILD_BYTES, desired_children, object_bytes, too_large
 from turnpike.render import render_deployment, selector_labels
 from turnpike.render.command import mpi_ranks
 
@@ -573,3 +576,129 @@ def test_runtime_args_reach_every_mpi_rank() -> None:
     md = make_md(gpu={"tensorParallelism": 2}, runtime={"args": ["--log-verbose=1"]})
     for rank in ranks(render_deployment(md, replicas=1)):
         assert rank[-1] == "--log-verbose=1"
+
+
+# --- Issue 11: user strings reach the container literally -------------------------
+
+SECRET_REFERENCE = "$(AWS_SECRET_ACCESS_KEY)"
+
+
+def container_strings(deployment: dict[str, Any]) -> list[str]:
+    """Every command, args and env value of every container: what the kubelet expands."""
+    spec = pod(deployment)
+    out: list[str] = []
+    for c in [*spec.get("initContainers", []), *spec["containers"]]:
+        out += [*c.get("command", []), *c.get("args", [])]
+        out += [e["value"] for e in c.get("env", []) if "value" in e]
+    return out
+
+
+@pytest.mark.parametrize(
+    "uri", [f"s3://bucket/{SECRET_REFERENCE}", f"https://host/{SECRET_REFERENCE}.tar"]
+)
+def test_a_variable_reference_in_the_uri_is_not_expanded(uri: str) -> None:
+    # Defect 3: the kubelet substituted the Secret's value into args and env.
+    deployment = render_deployment(make_md(model={"uri": uri}), replicas=1)
+    expanded = [expand_all(s) for s in container_strings(deployment)]
+    assert not [s for s in expanded if "<AWS_SECRET_ACCESS_KEY>" in s]
+    assert any(uri in s for s in expanded)  # and the URI arrives as written
+
+
+@pytest.mark.parametrize("text", ["$(HOME)", "$$(HOME)", "a$b", "$", "$$", "$(", "x$(Y)$(Z)$$"])
+def test_args_and_env_values_arrive_exactly_as_written(text: str) -> None:
+    md = make_md(
+        runtime={"args": [f"--x={text}"], "env": [{"name": "V", "value": text}]},
+        gpu={"tensorParallelism": 2},
+    )
+    deployment = render_deployment(md, replicas=1)
+    for rank in ranks(deployment):
+        assert expand_all(rank[-1]) == f"--x={text}"
+    (value,) = [e["value"] for e in triton(deployment)["env"] if e["name"] == "V"]
+    assert expand_all(value) == text
+
+
+def test_strings_without_references_keep_their_spelling() -> None:
+    md = make_md(runtime={"args": ["--price=$5", "plain"]})
+    assert argv(render_deployment(md, replicas=1))[-2:] == ["--price=$5", "plain"]
+
+
+# --- Issue 11: rollouts within the tier's GPUs -------------------------------------
+
+
+def test_without_room_for_a_surge_pod_rollouts_replace_one_replica_at_a_time() -> None:
+    # Defect 10: the renderer hard-coded maxSurge 1 whatever the tier had left.
+    deployment = render_deployment(make_md(), replicas=2, surge=False)
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+    }
+
+
+# --- Issue 11: the largest admissible spec still renders storable children -------
+
+
+def largest_admissible_spec(tp: int, uri_chars: int, env: str) -> ModelDeployment:
+    """Every field that grows the Deployment at its admission limit, with the
+    characters that cost the most bytes in JSON (control characters: \\u0001)."""
+    per_rank = mdapi.MAX_COMMAND_LINE_CHARS // tp
+    uri = "https://h/" + "é" * (uri_chars - 10)
+    args, left = [], per_rank - len(uri)
+    while left > 0 and len(args) < mdapi.MAX_ARGS:
+        args.append("\x01" * min(mdapi.MAX_ARG_CHARS, left))
+        left -= len(args[-1])
+    if env == "values":
+        values = [mdapi.MAX_ENV_VALUE_CHARS] + [0] * 127
+        entries = [
+            {"name": f"{'E' * 250}{i:03d}", "value": "\x01" * n} for i, n in enumerate(values)
+        ]
+    else:
+        entries = [
+            {
+                "name": f"{'E' * 250}{i:03d}",
+                "secretKeyRef": {"name": f"{'s' * 250}{i:03d}", "key": f"{'k' * 250}{i:03d}"},
+            }
+            for i in range(128)
+        ]
+    resources = {f"{'a' * 180}{i}.example.com/{'d' * 60}": "1" for i in range(8)}
+    return ModelDeployment.from_k8s(
+        {
+            "metadata": {"name": "m" * 251 + ".x", "namespace": "n" * 63},
+            "spec": {
+                "model": {"uri": uri, "name": "N" * 128, "credentials": {"name": "c" * 253}},
+                "gpu": {"tensorParallelism": tp, "product": "P" * 63},
+                "runtime": {
+                    "image": "i" * 512,
+                    "args": args,
+                    "env": entries,
+                    "resources": {"requests": resources, "limits": resources},
+                    "shmSize": "9" * 64,
+                },
+            },
+        }
+    )
+
+
+@pytest.mark.parametrize("tp", [1, 2, 64])
+@pytest.mark.parametrize("env", ["values", "secrets"])
+def test_the_largest_admissible_spec_renders_children_that_can_be_stored(tp: int, env: str) -> None:
+    # Defect 7: without admission bounds a spec rendered a 266 MB Deployment.
+    md = largest_admissible_spec(tp, mdapi.MAX_URI_CHARS if tp < 64 else 1024, env)
+    taints = [{"key": "k" * 316, "operator": "Equal", "value": "v" * 63, "effect": "NoSchedule"}]
+    children = desired_children(
+        md,
+        10_000,
+        "0" * 36,
+        priority_class="p" * 253,
+        node_selector={f"{'k' * 300}{i}": "v" * 63 for i in range(16)},
+        tolerations=taints * 16,
+    )
+    assert too_large(children) is None
+    assert max(object_bytes(c) for c in children) <= MAX_CHILD_BYTES
+
+
+def test_a_child_too_large_to_store_is_a_problem_not_an_apply() -> None:
+    deployment = render_deployment(make_md(), replicas=1)
+    deployment["metadata"]["annotations"] = {"padding": "x" * MAX_CHILD_BYTES}
+    problem = too_large([deployment])
+    assert problem is not None and problem.reason == "RenderedTooLarge"
+    assert "Deployment" in problem.message

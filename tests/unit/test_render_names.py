@@ -9,6 +9,7 @@ import re
 import pytest
 
 from turnpike.render import child_name, label_value
+from turnpike.render.names import is_dns1035_label, is_label_value
 
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -16,7 +17,7 @@ LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 def assert_dns1035(name: str) -> None:
     assert len(name) <= 63, name
-    assert DNS1035.match(name), name
+    assert DNS1035.fullmatch(name), name
 
 
 @pytest.mark.parametrize("name", ["llama", "llama-3-8b", "a", "m" * 63, "gpt2"])
@@ -120,10 +121,59 @@ def test_valid_label_values_are_kept(value: str) -> None:
 def test_any_value_gives_a_valid_label_value(value: str) -> None:
     derived = label_value(value)
     assert len(derived) <= 63
-    assert LABEL_VALUE.match(derived)
+    assert LABEL_VALUE.fullmatch(derived)
 
 
 def test_long_label_values_sharing_a_prefix_stay_distinct() -> None:
     # These labels select pods: equal values would let one Service reach
     # another ModelDeployment's pods.
     assert label_value("p" * 63 + "a") != label_value("p" * 63 + "b")
+
+
+# --- Issue 11: the mapping is injective, and "$" means end of text ------------------
+
+
+def test_a_derived_name_is_never_another_model_deployments_name_as_is() -> None:
+    # Defect 4: "a.b" derived "a-b-2e7336dc", which a ModelDeployment could be called.
+    derived = child_name("a.b")
+    assert derived == "a-b-" + hashlib.sha256(b"a.b").hexdigest()[:8]
+    assert child_name(derived) != derived
+    assert_dns1035(child_name(derived))
+
+
+@pytest.mark.parametrize("name", ["a.b", "7b", "x" * 100, "Llama", "a-b-2e7336dc"])
+def test_names_derived_from_derived_names_differ(name: str) -> None:
+    derived = child_name(name)
+    assert child_name(derived) != derived
+    assert child_name(derived, "metrics") != child_name(name, "metrics")
+
+
+def test_names_that_end_like_a_hash_are_derived_too() -> None:
+    assert child_name("model-20261201").startswith("model-20261201-")
+    assert child_name("model-2026120") == "model-2026120"  # seven digits: no hash shape
+    assert child_name("model-2026120g") == "model-2026120g"
+
+
+def test_long_names_do_not_collide_in_the_selector_label() -> None:
+    # Defect 4: a 64-character name's label, "p"*54 + "-" + hash, is a valid
+    # 63-character name someone else could have; their pods would be selected too.
+    long = "p" * 64
+    derived = label_value(long)
+    assert len(derived) <= 63 and LABEL_VALUE.fullmatch(derived)
+    assert label_value(derived) != derived
+    assert label_value("-") != label_value("x")
+
+
+@pytest.mark.parametrize("name", ["llama\n", "a\n", "m" * 62 + "\n"])
+def test_a_trailing_newline_is_not_a_valid_name(name: str) -> None:
+    # Defect 5: re.match with "$" accepted "llama\n" as a DNS-1035 label.
+    assert not is_dns1035_label(name)
+    assert_dns1035(child_name(name))
+    assert "\n" not in child_name(name)
+    assert not is_label_value(name)
+    assert "\n" not in label_value(name)
+
+
+def test_a_suffix_with_a_trailing_newline_is_refused() -> None:
+    with pytest.raises(ValueError, match="suffix"):
+        child_name("llama", "metrics\n")

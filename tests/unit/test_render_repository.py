@@ -17,9 +17,11 @@ from typing import Any
 
 import pytest
 
-from turnpike.api import ModelDeployment
+from tests.unit.kubelet_expansion import expand_all
+from turnpike.api import Model, ModelDeployment
+from turnpike.api.uris import redact_userinfo
 from turnpike.render import render_deployment
-from turnpike.render.repository import DOWNLOAD_SCRIPT
+from turnpike.render.repository import DOWNLOAD_SCRIPT, plan_repository
 
 
 def make_md(uri: str, credentials: str | None = None, **spec: Any) -> ModelDeployment:
@@ -340,3 +342,36 @@ def test_download_script_fetches_only_the_hub_subfolder(tmp_path: Path, server: 
     assert (tmp_path / "repo/m/config.pbtxt").exists()
     assert not (tmp_path / "weights.bin").exists()
     assert server.seen_auth == [None, None]
+
+
+# --- Issue 11 ---------------------------------------------------------------------
+
+
+def test_the_renderers_guard_never_echoes_credentials() -> None:
+    # Defect 2: admission refuses these now, but an object stored before must not
+    # print its credentials through the renderer's error (it reached the log).
+    model = Model.model_construct(uri="s3://KEY:TOPSECRET@bucket/path")
+    with pytest.raises(ValueError, match=r"model\.uri") as caught:
+        plan_repository(model)
+    assert "TOPSECRET" not in str(caught.value)
+    assert "***@bucket" in str(caught.value)
+
+
+def test_the_download_source_reaches_the_script_literally() -> None:
+    # Defect 3: the init container's env is expanded by the kubelet too.
+    uri = "https://host/$(HF_TOKEN).tar"
+    env = {e["name"]: e["value"] for e in render(uri)["initContainers"][0]["env"] if "value" in e}
+    assert expand_all(env["TURNPIKE_MODEL_SOURCE"]) == uri
+
+
+@pytest.mark.parametrize(
+    ("text", "redacted"),
+    [
+        ("s3://K:S@b/p", "s3://***@b/p"),
+        ("see https://u:p@h/x and gs://a@b/c", "see https://***@h/x and gs://***@b/c"),
+        ("https://h/path@v2", "https://h/path@v2"),
+        ("no url", "no url"),
+    ],
+)
+def test_redact_userinfo(text: str, redacted: str) -> None:
+    assert redact_userinfo(text) == redacted

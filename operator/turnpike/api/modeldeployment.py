@@ -7,21 +7,36 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
+from turnpike.api import quantity as q
+from turnpike.api import uris
 from turnpike.api.base import ApiModel
 from turnpike.api.constants import DEFAULT_RUNTIME_IMAGE
 from turnpike.api.rules import Rule, rules_schema, violations
 
-# Kubernetes resource.Quantity, e.g. "1Gi", "500m", "2".
-QUANTITY_PATTERN = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
-    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-)
-Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=64)]
+# Kubernetes resource.Quantity, e.g. "1Gi", "500m", "2" (never negative).
+QUANTITY_PATTERN = q.QUANTITY_PATTERN
+Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=q.MAX_QUANTITY_LENGTH)]
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNSLabel = Annotated[str, Field(pattern=DNS_LABEL_PATTERN, min_length=1, max_length=63)]
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 DNSSubdomain = Annotated[str, Field(pattern=DNS_SUBDOMAIN_PATTERN, min_length=1, max_length=253)]
-URI_PATTERN = r"^(s3|gs|pvc|hf|https?)://[^\s]+$"
+URI_PATTERN = uris.URI_PATTERN
+# A node label value (nvidia.com/gpu.product): alphanumeric at both ends.
+GPU_PRODUCT_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?$"
+# Neither whitespace nor control characters (the same set in Go's RE2 and pydantic's engine).
+NO_SPACE_PATTERN = r"^[^\p{Z}\p{Cc}]+$"
+# One replica is one pod on one node; no node has more GPUs than this.
+MAX_GPUS_PER_REPLICA = 64
+# The model URI and runtime.args are repeated on the command line of every rank
+# (one tritonserver per GPU under mpirun), so their total length per replica is
+# bounded to keep the rendered Deployment far below etcd's object size limit: to
+# what one rank may carry (64 arguments of 1024 characters and the longest URI).
+MAX_URI_CHARS = 2048
+MAX_ARGS = 64
+MAX_ARG_CHARS = 1024
+MAX_COMMAND_LINE_CHARS = MAX_ARGS * MAX_ARG_CHARS + MAX_URI_CHARS
+MAX_ENV_VALUE_CHARS = 32_768
+LITERAL = "Passed literally: $(NAME) is not expanded by Kubernetes."
 
 
 class Backend(StrEnum):
@@ -44,16 +59,51 @@ class SecretReference(ApiModel):
     name: DNSSubdomain = Field(description="Name of the Secret.")
 
 
+MODEL_RULES = (
+    Rule(
+        cel=f"!self.uri.matches('{uris.USERINFO}')",
+        message="model.uri must not carry credentials (user:password@): put them in a "
+        "Secret and name it in model.credentials",
+        field_path=".uri",
+        check=lambda m: not uris.has_userinfo(m.uri),
+    ),
+    Rule(
+        cel=f"!self.uri.startsWith('pvc://') || (self.uri.matches('^{uris.PVC_URI}$') && "
+        f"self.uri.matches('^{uris.PVC_CLAIM_LENGTH}$'))",
+        message="model.uri pvc://CLAIM[/PATH] needs a PersistentVolumeClaim name: lower-case "
+        "letters, digits, '-' and '.', at most 253 characters",
+        field_path=".uri",
+        check=lambda m: not m.uri.startswith("pvc://") or uris.is_valid_pvc_uri(m.uri),
+    ),
+    Rule(
+        cel=f"!self.uri.startsWith('hf://') || self.uri.matches('^{uris.HF_URI}$')",
+        message="model.uri hf:// needs a Hub repository id: hf://ORG/NAME[/PATH]",
+        field_path=".uri",
+        check=lambda m: not m.uri.startswith("hf://") or uris.is_valid_hf_uri(m.uri),
+    ),
+    Rule(
+        cel="!(self.uri.startsWith('pvc://') || self.uri.startsWith('hf://')) || "
+        f"!self.uri.matches('{uris.PARENT_SEGMENT}')",
+        message="model.uri: the path must stay inside the repository (no '..' segments)",
+        field_path=".uri",
+        check=lambda m: not uris.leaves_the_repository(m.uri),
+    ),
+)
+
+
 class Model(ApiModel):
     """Where the model repository lives and which backend runs it."""
 
+    model_config = ApiModel.model_config | {"json_schema_extra": rules_schema(MODEL_RULES)}
+
     uri: str = Field(
         pattern=URI_PATTERN,
-        max_length=2048,
+        max_length=MAX_URI_CHARS,
         description=(
             "Triton model repository. s3:// and gs:// are read by Triton directly; "
             "pvc://CLAIM/PATH mounts a PersistentVolumeClaim; hf://ORG/NAME and "
-            "http(s):// are downloaded by an init container before Triton starts."
+            "http(s):// are downloaded by an init container before Triton starts. "
+            "Never user:password@: credentials go in model.credentials. " + LITERAL
         ),
     )
     backend: Backend = Field(
@@ -77,6 +127,11 @@ class Model(ApiModel):
         ),
     )
 
+    @model_validator(mode="after")
+    def _rules(self) -> Model:
+        _raise(violations(MODEL_RULES, self))
+        return self
+
 
 GPU_RULES = (
     Rule(
@@ -84,6 +139,13 @@ GPU_RULES = (
         message="gpu.count must equal tensorParallelism × pipelineParallelism (or be left unset)",
         field_path=".count",
         check=lambda g: g.count is None or g.count == g.tensor_parallelism * g.pipeline_parallelism,
+    ),
+    Rule(
+        cel=f"self.tensorParallelism * self.pipelineParallelism <= {MAX_GPUS_PER_REPLICA}",
+        message=f"tensorParallelism × pipelineParallelism must not exceed {MAX_GPUS_PER_REPLICA} "
+        "(the GPUs of one replica, which is one pod on one node)",
+        field_path=".tensorParallelism",
+        check=lambda g: g.world_size <= MAX_GPUS_PER_REPLICA,
     ),
 )
 
@@ -96,12 +158,12 @@ class GPU(ApiModel):
     count: int | None = Field(
         default=None,
         ge=1,
-        le=64,
+        le=MAX_GPUS_PER_REPLICA,
         description="GPUs per replica. Defaults to tensorParallelism × pipelineParallelism.",
     )
     product: str | None = Field(
         default=None,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        pattern=GPU_PRODUCT_PATTERN,
         max_length=63,
         description=(
             "Required value of the node label nvidia.com/gpu.product set by GPU Feature "
@@ -129,7 +191,11 @@ class GPU(ApiModel):
 
 class SecretKeySelector(ApiModel):
     name: DNSSubdomain = Field(description="Name of the Secret.")
-    key: str = Field(min_length=1, max_length=253, description="Key within the Secret.")
+    key: str = Field(
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        max_length=253,
+        description="Key within the Secret (letters, digits, '-', '_' and '.').",
+    )
 
 
 ENV_RULES = (
@@ -149,7 +215,9 @@ class EnvVar(ApiModel):
     name: str = Field(
         pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", max_length=253, description="Variable name."
     )
-    value: str | None = Field(default=None, description="Literal value.")
+    value: str | None = Field(
+        default=None, max_length=MAX_ENV_VALUE_CHARS, description="Literal value. " + LITERAL
+    )
     secret_key_ref: SecretKeySelector | None = Field(
         default=None, description="Read the value from a Secret key."
     )
@@ -160,8 +228,120 @@ class EnvVar(ApiModel):
         return self
 
 
+# The CEL of the resource rules below, one helper per predicate of
+# turnpike.api.quantity (the Python twins), built from the same patterns.
+
+
+def _resource_name_cel(key: str) -> str:
+    return (
+        f"{key}.matches('{q.STANDARD_RESOURCE_PATTERN}') || "
+        f"({key}.matches('{q.EXTENDED_RESOURCE_PATTERN}') && "
+        f"{key}.matches('{q.EXTENDED_RESOURCE_LENGTHS}') && "
+        f"!{key}.contains('kubernetes.io/') && !{key}.startsWith('requests.'))"
+    )
+
+
+def _for_each_key(field: str, condition: str) -> str:
+    """CEL: condition holds for every key k of the map field (absent means empty)."""
+    return f"!has(self.{field}) || self.{field}.all(k, {condition})"
+
+
+def _both_quantities(left: str, right: str) -> str:
+    return f"isQuantity({left}) && isQuantity({right})"
+
+
+_REQUEST, _LIMIT = "self.requests[k]", "self.limits[k]"
+
+
+def _whole_cel(field: str) -> str:
+    value = f"self.{field}[k]"
+    return _for_each_key(
+        field,
+        f"!k.contains('/') || !isQuantity({value}) || (quantity({value}).isInteger() && "
+        f"quantity({value}).asInteger() <= {q.MAX_DEVICE_COUNT})",
+    )
+
+
+def _hugepages_cel(field: str) -> str:
+    value, size = f"self.{field}[k]", f"k.substring({len(q.HUGEPAGES_PREFIX)})"
+    page = f"quantity({size})"
+    return _for_each_key(
+        field,
+        f"!k.startsWith('{q.HUGEPAGES_PREFIX}') || (isQuantity({size}) && {page}.isInteger() && "
+        f"{page}.asInteger() > 0 && (!isQuantity({value}) || (quantity({value}).isInteger() && "
+        f"quantity({value}).asInteger() % {page}.asInteger() == 0)))",
+    )
+
+
+def _names_any_cel(field: str, condition: str) -> str:
+    return f"(has(self.{field}) && self.{field}.exists(k, {condition}))"
+
+
+_HUGEPAGES_KEY = f"k.startsWith('{q.HUGEPAGES_PREFIX}')"
+_CPU_OR_MEMORY = "k == 'cpu' || k == 'memory'"
+_NOT_OVERCOMMITTABLE = f"(k.contains('/') || {_HUGEPAGES_KEY})"
+
+RESOURCES_RULES = (
+    Rule(
+        cel=f"({_for_each_key('requests', _resource_name_cel('k'))}) && "
+        f"({_for_each_key('limits', _resource_name_cel('k'))})",
+        message="runtime.resources names a resource containers cannot request: use cpu, "
+        "memory, ephemeral-storage, hugepages-<size> or an extended resource such as "
+        "example.com/device (outside kubernetes.io)",
+        check=lambda r: all(q.is_container_resource_name(k) for k in [*r.requests, *r.limits]),
+    ),
+    Rule(
+        cel=_for_each_key(
+            "requests",
+            f"!has(self.limits) || !(k in self.limits) || "
+            f"!({_both_quantities(_REQUEST, _LIMIT)}) || "
+            f"quantity({_REQUEST}).compareTo(quantity({_LIMIT})) <= 0",
+        ),
+        message="runtime.resources.requests must not exceed runtime.resources.limits",
+        field_path=".requests",
+        check=lambda r: q.requests_within_limits(r.requests, r.limits),
+    ),
+    Rule(
+        cel=_for_each_key(
+            "requests",
+            f"!{_NOT_OVERCOMMITTABLE} || (has(self.limits) && k in self.limits && "
+            f"(!({_both_quantities(_REQUEST, _LIMIT)}) || "
+            f"quantity({_REQUEST}).compareTo(quantity({_LIMIT})) == 0))",
+        ),
+        message="runtime.resources: extended resources and hugepages cannot be overcommitted; "
+        "set the same value in limits as in requests (or only the limit)",
+        field_path=".limits",
+        check=lambda r: q.requests_equal_limits(r.requests, r.limits),
+    ),
+    Rule(
+        cel=f"({_whole_cel('requests')}) && ({_whole_cel('limits')})",
+        message="runtime.resources: extended resources (example.com/device) are counted in "
+        "whole units",
+        check=lambda r: (
+            q.whole_extended_resources(r.requests) and q.whole_extended_resources(r.limits)
+        ),
+    ),
+    Rule(
+        cel=f"({_hugepages_cel('requests')}) && ({_hugepages_cel('limits')})",
+        message="runtime.resources: hugepages-<size> needs a whole page size and a whole "
+        "multiple of it (hugepages-2Mi: 512Mi)",
+        check=lambda r: q.hugepages_in_pages(r.requests) and q.hugepages_in_pages(r.limits),
+    ),
+    Rule(
+        cel=f"!({_names_any_cel('requests', _HUGEPAGES_KEY)} || "
+        f"{_names_any_cel('limits', _HUGEPAGES_KEY)}) || "
+        f"{_names_any_cel('requests', _CPU_OR_MEMORY)} || "
+        f"{_names_any_cel('limits', _CPU_OR_MEMORY)}",
+        message="runtime.resources: hugepages need a cpu or memory request or limit too",
+        check=lambda r: q.hugepages_with_cpu_or_memory(r.requests, r.limits),
+    ),
+)
+
+
 class Resources(ApiModel):
     """CPU and memory of the Triton container (GPUs come from the gpu block)."""
+
+    model_config = ApiModel.model_config | {"json_schema_extra": rules_schema(RESOURCES_RULES)}
 
     requests: dict[str, Quantity] = Field(
         default_factory=dict, max_length=8, description="e.g. {cpu: '8', memory: 64Gi}."
@@ -170,20 +350,39 @@ class Resources(ApiModel):
         default_factory=dict, max_length=8, description="e.g. {memory: 96Gi}."
     )
 
+    @model_validator(mode="after")
+    def _rules(self) -> Resources:
+        _raise(violations(RESOURCES_RULES, self))
+        return self
+
+
+RUNTIME_RULES = (
+    Rule(
+        cel="!has(self.env) || "
+        f"self.env.map(e, has(e.value) ? size(e.value) : 0).sum() <= {MAX_ENV_VALUE_CHARS}",
+        message=f"runtime.env values must not exceed {MAX_ENV_VALUE_CHARS} characters together; "
+        "put large configuration in a Secret or the model repository",
+        field_path=".env",
+        check=lambda r: sum(len(e.value or "") for e in r.env) <= MAX_ENV_VALUE_CHARS,
+    ),
+)
+
 
 class Runtime(ApiModel):
     """The Triton container."""
 
+    model_config = ApiModel.model_config | {"json_schema_extra": rules_schema(RUNTIME_RULES)}
+
     image: str = Field(
         default=DEFAULT_RUNTIME_IMAGE,
-        min_length=1,
+        pattern=NO_SPACE_PATTERN,
         max_length=512,
         description="Triton server image. The default is pinned and tested.",
     )
-    args: list[Annotated[str, Field(max_length=1024)]] = Field(
+    args: list[Annotated[str, Field(max_length=MAX_ARG_CHARS)]] = Field(
         default_factory=list,
-        max_length=64,
-        description="Extra tritonserver arguments, e.g. --log-verbose=1.",
+        max_length=MAX_ARGS,
+        description="Extra tritonserver arguments, e.g. --log-verbose=1. " + LITERAL,
     )
     env: list[EnvVar] = Field(
         default_factory=list, max_length=128, description="Environment of the Triton container."
@@ -196,6 +395,11 @@ class Runtime(ApiModel):
             "TensorRT-LLM exchange tensors through it; the container default of 64Mi fails."
         ),
     )
+
+    @model_validator(mode="after")
+    def _rules(self) -> Runtime:
+        _raise(violations(RUNTIME_RULES, self))
+        return self
 
 
 class MetricsSource(StrEnum):
@@ -214,6 +418,13 @@ AUTOSCALING_RULES = (
         message="autoscaling.prometheusUrl is required when source is prometheus",
         field_path=".prometheusUrl",
         check=lambda a: a.source != MetricsSource.PROMETHEUS or a.prometheus_url is not None,
+    ),
+    Rule(
+        cel=f"!has(self.prometheusUrl) || !self.prometheusUrl.matches('{uris.USERINFO}')",
+        message="autoscaling.prometheusUrl must not carry credentials (user:password@): "
+        "everyone who can read the ModelDeployment could read them",
+        field_path=".prometheusUrl",
+        check=lambda a: a.prometheus_url is None or not uris.has_userinfo(a.prometheus_url),
     ),
 )
 
@@ -273,7 +484,7 @@ class Autoscaling(ApiModel):
     )
     prometheus_url: str | None = Field(
         default=None,
-        pattern=r"^https?://[^\s]+$",
+        pattern=uris.HTTP_URL_PATTERN,
         max_length=2048,
         description="Base URL of the Prometheus HTTP API, required when source is prometheus.",
     )
@@ -305,11 +516,27 @@ MD_SPEC_RULES = (
         check=lambda s: not s.autoscaling.enabled or s.max_replicas is not None,
     ),
     Rule(
+        cel="((has(self.runtime.args) ? self.runtime.args.map(a, size(a)).sum() : 0) + "
+        "size(self.model.uri)) * self.gpu.tensorParallelism * self.gpu.pipelineParallelism "
+        f"<= {MAX_COMMAND_LINE_CHARS}",
+        message="runtime.args and model.uri are repeated for each of the tensorParallelism × "
+        f"pipelineParallelism ranks: together they must not exceed {MAX_COMMAND_LINE_CHARS} "
+        "characters per replica; shorten runtime.args",
+        field_path=".runtime.args",
+        check=lambda s: command_line_chars(s) <= MAX_COMMAND_LINE_CHARS,
+    ),
+    Rule(
         cel="self.model.backend == oldSelf.model.backend",
         message="model.backend cannot change in place; create a new ModelDeployment",
         field_path=".model.backend",
     ),
 )
+
+
+def command_line_chars(spec: ModelDeploymentSpec) -> int:
+    """Characters the user contributes to a replica's command line (see MAX_COMMAND_LINE_CHARS)."""
+    per_rank = sum(len(a) for a in spec.runtime.args) + len(spec.model.uri)
+    return per_rank * spec.gpu.world_size
 
 
 class ModelDeploymentSpec(ApiModel):

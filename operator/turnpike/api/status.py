@@ -13,13 +13,16 @@ from pydantic import Field
 from turnpike.api.base import ApiModel
 
 ConditionStatus = Literal["True", "False", "Unknown"]
+# metav1.Condition's limits.
+MAX_CONDITION_REASON = 1024
+MAX_CONDITION_MESSAGE = 32768
 
 
 class Condition(ApiModel):
     type: str = Field(max_length=316)
     status: ConditionStatus
-    reason: str = Field(max_length=1024)
-    message: str = Field(default="", max_length=32768)
+    reason: str = Field(max_length=MAX_CONDITION_REASON)
+    message: str = Field(default="", max_length=MAX_CONDITION_MESSAGE)
     observed_generation: int | None = Field(default=None, ge=0)
     last_transition_time: str = Field(description="RFC 3339 time of the last status change.")
 

@@ -57,6 +57,13 @@ CAPACITY_UTILIZATION: float | None = 0.8
 SCALE_UP_BASE: ScaleUpBase = "ready"
 SCALE_UP_PERIOD_S = 15.0
 _EPS = 1e-9
+# Metric values above this are unusable (a broken exporter, not a queue): they
+# hold the count like missing metrics. The metric parser refuses per-pod values
+# above 2**53; this also bounds sums over a whole fleet and derived means.
+MAX_USABLE_METRIC = 1e15
+# Replica counts computed from the metric saturate here before rounding, far
+# above any maxReplicas: a division by a tiny target must not overflow math.ceil.
+_MAX_WANTED = 1e12
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +160,10 @@ class Decision:
     current: int
     reason: str
     history: History
+    # What the policy asked for within min/max before the tier's budget capped
+    # it (equal to replicas when nothing capped it): the capacity condition
+    # reports a blocked wish as BudgetExhausted. None: not computed (hold paths).
+    wanted: int | None = None
     # The metric scaled to per spec'd replica (queue per replica for
     # queueDepth); None when metrics were unusable. Fits status.queueDepth.
     per_replica: float | None = None
@@ -222,9 +233,7 @@ def decide(
     flags = _Flags()
     if observation is not None and value is not None and not observation.partial:
         busy = observation.in_flight
-        in_flight = round_value(busy) if busy is not None and math.isfinite(busy) else None
-        if in_flight is not None and in_flight < 0:
-            in_flight = None
+        in_flight = _usable(busy, "in flight")[0] if busy is not None else None
         sample = Sample(_ms(observation.time), value, serving, in_flight)
         history = history.record(sample, max_gap_ms=_ms(params.stale_limit_s))
     history = history.trimmed(
@@ -252,11 +261,13 @@ def decide(
         )
 
     desired, reason = _clamp(params, current, desired, reason, flags)
+    wanted = desired
     desired, reason = _cap(budget, current, desired, reason, flags)
     if observation is not None and value is not None and not observation.partial:
         history = history.mark_change(desired - current)
     return Decision(
         replicas=desired,
+        wanted=wanted,
         current=current,
         reason=reason,
         history=history,
@@ -424,6 +435,8 @@ def _value(
     """The metric value to decide on (rounded as stored), or None and why not."""
     if obs is None:
         return None, "no metrics"
+    if not math.isfinite(obs.time):
+        return None, "metrics unusable (no valid sample time)"
     if not obs.usable:
         if obs.pods_total == 0:
             return None, "no ready pods to read metrics from"
@@ -431,16 +444,27 @@ def _value(
     age = now - obs.time
     if age > p.stale_limit_s:
         return None, f"metrics stale ({_fmt(age)}s old > {_fmt(p.stale_limit_s)}s)"
+    if -age > p.stale_limit_s:
+        # A sample from the future would sort after every real one in the history.
+        return None, f"metrics unusable (sampled {_fmt(-age)}s ahead of the clock)"
     if p.metric == "queueDepth":
-        return round_value(obs.queue), ""
+        return _usable(obs.queue, "queue")
     if serving == 0:
         return None, "no ready replicas to weigh the queue time by"
     if obs.queue_time_ms is not None:
-        return round_value(obs.queue_time_ms), ""
+        return _usable(obs.queue_time_ms, "queue time")
     if obs.queue == 0:
         # Nothing completed and nothing waits: idle, which is a zero wait.
         return 0.0, ""
     return None, "no queue time yet (no request completed since the last scrape)"
+
+
+def _usable(value: float, what: str) -> tuple[float | None, str]:
+    """The value as stored, or None when no queue could produce it (NaN, infinite,
+    negative or beyond MAX_USABLE_METRIC): decisions on it hold, never scale."""
+    if not (math.isfinite(value) and 0 <= value <= MAX_USABLE_METRIC):
+        return None, f"metrics unusable ({what} reads {value!r})"
+    return round_value(value), ""
 
 
 def _load(metric: Metric, value: float, serving: int) -> float:
@@ -491,14 +515,17 @@ def _unit(p: Params) -> str:
 
 
 def _fmt(x: float) -> str:
+    if not math.isfinite(x) or abs(x) >= 1e9:
+        return f"{x:.3g}"
     if abs(x - round(x)) < 0.05:
         return str(round(x))
     return f"{x:.1f}"
 
 
 def _ceil(x: float) -> int:
-    """Ceiling that ignores float dust (12.3 / 4.1 must give 3, not 4)."""
-    return max(0, math.ceil(x - _EPS))
+    """Ceiling that ignores float dust (12.3 / 4.1 must give 3, not 4), saturating
+    at _MAX_WANTED (so +inf from a tiny divisor is merely "very many")."""
+    return max(0, math.ceil(min(x, _MAX_WANTED) - _EPS))
 
 
 def _ms(seconds: float) -> int:

@@ -44,6 +44,18 @@ COMPUTE_INFER = "nv_inference_compute_infer_duration_us"
 # loaded model version, zero-valued until traffic arrives).
 _PER_MODEL = frozenset({PENDING, QUEUE_DURATION, REQUEST_SUCCESS, REQUEST_FAILURE})
 
+# Bounds on the parser's work. Triton's exposition is tens of KiB and a few
+# hundred lines (a thousand with many models and GPUs); the text parser costs
+# ~20 µs a line, so these keep one parse under ~0.3 s whatever a pod sends. A
+# parse that runs in a thread cannot be cancelled when the scrape's deadline
+# passes, so its cost must be bounded before it starts.
+MAX_EXPOSITION_CHARS = 1024 * 1024
+MAX_EXPOSITION_LINES = 10_000
+# The largest usable value of a sample or a per-pod total: floats lose integer
+# precision above 2**53 (285 years of queue time in microseconds), and sums of
+# such values can no longer overflow to infinity.
+MAX_SAMPLE_VALUE = float(2**53)
+
 
 class MetricsParseError(ValueError):
     """The body is not a usable Triton metrics exposition."""
@@ -78,9 +90,20 @@ def parse_triton_metrics(text: str, model: str | None = None) -> PodMetrics:
     exactly the backlog that matters.
 
     Raises MetricsParseError when the text does not parse, holds no Triton
-    (``nv_``) metrics at all, lacks the named model, or reports a non-finite
-    or negative value in a family the autoscaler uses.
+    (``nv_``) metrics at all, lacks the named model, reports a non-finite,
+    negative or huge value in a family the autoscaler uses, or is larger than
+    any Triton exposition (see MAX_EXPOSITION_CHARS), which is refused before
+    any parsing so that the work per body stays bounded.
     """
+    if len(text) > MAX_EXPOSITION_CHARS:
+        raise MetricsParseError(
+            f"body of {len(text)} characters is larger than any Triton exposition "
+            f"({MAX_EXPOSITION_CHARS})"
+        )
+    if text.count("\n") > MAX_EXPOSITION_LINES:
+        raise MetricsParseError(
+            f"body of more than {MAX_EXPOSITION_LINES} lines is not a Triton exposition"
+        )
     try:
         families = list(text_string_to_metric_families(text))
     except Exception as exc:  # the parser raises assorted types on bad input
@@ -115,6 +138,11 @@ def parse_triton_metrics(text: str, model: str | None = None) -> PodMetrics:
         raise MetricsParseError("no Triton (nv_*) metrics in the body")
     if not seen_model:
         raise MetricsParseError(f"no metrics for model {model!r}: not loaded on this pod?")
+    for name, total in [*sums.items(), (TRTLLM_REQUESTS, waiting + (active or 0.0))]:
+        if total > MAX_SAMPLE_VALUE:
+            raise MetricsParseError(f"{name} sums to an unusable {total:.3g}")
+    if compute is not None and compute > MAX_SAMPLE_VALUE:
+        raise MetricsParseError(f"{COMPUTE_INFER} sums to an unusable {compute:.3g}")
     return PodMetrics(
         pending=sums[PENDING],
         trtllm_waiting=waiting,
@@ -220,9 +248,14 @@ class Observation:
 
 
 def _checked(name: str, value: float) -> float:
-    if not math.isfinite(value) or value < 0:
-        raise MetricsParseError(f"{name} has unusable value {value!r}")
-    return float(value)
+    # The parser returns ints for integer text, which may exceed any float.
+    try:
+        number = float(value)
+    except OverflowError:
+        raise MetricsParseError(f"{name} has unusable value (beyond any float)") from None
+    if not math.isfinite(number) or number < 0 or number > MAX_SAMPLE_VALUE:
+        raise MetricsParseError(f"{name} has unusable value {number!r}")
+    return number
 
 
 def _short(exc: BaseException, limit: int = 120) -> str:

@@ -11,9 +11,20 @@ from turnpike.capacity.ledger import Consumer, pool_for
 from turnpike.capacity.tierstatus import resolve_tier
 
 
+def surges(deployment: dict[str, Any]) -> bool:
+    """Whether the Deployment's rollouts add pods (maxSurge above 0; the API
+    server's default is 25%). The renderer uses maxSurge 0 when the tier has no
+    GPUs for the extra pod."""
+    strategy = deployment.get("spec", {}).get("strategy") or {}
+    if strategy.get("type", "RollingUpdate") != "RollingUpdate":
+        return False
+    max_surge = (strategy.get("rollingUpdate") or {}).get("maxSurge", "25%")
+    return str(max_surge) not in ("0", "0%")
+
+
 def rolling(deployment: dict[str, Any] | None) -> bool:
-    """A rollout holds one surge replica's GPUs until it settles."""
-    if deployment is None:
+    """A rollout holds one surge replica's GPUs until it settles (if it surges)."""
+    if deployment is None or not surges(deployment):
         return False
     spec, status = deployment.get("spec", {}), deployment.get("status", {})
     desired = int(spec.get("replicas", 0))

@@ -41,8 +41,9 @@ from typing import NamedTuple, TypeAlias
 from turnpike.api.capacitytier import ANY_PRODUCT, CapacityTier
 from turnpike.capacity.namespaces import namespace_allowed
 
-# The Deployment strategy the renderer uses: maxSurge 1 (one extra pod while rolling).
-MAX_SURGE = 1
+# The renderer's rolling update adds this many pods while rolling (when the tier
+# has room for them: see Allocation.can_surge).
+from turnpike.render.deployment import MAX_SURGE
 
 # Machine-readable reasons; the controller can use them as condition reasons.
 REASON_GRANTED = "Granted"

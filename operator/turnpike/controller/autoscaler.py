@@ -2,7 +2,10 @@
 
 The policy (turnpike.autoscale.policy) is pure; this module only finds the
 pods, samples their metrics through a MetricsSource and keeps per-object
-sources and histories between ticks. The history is also stored in status
+sources and histories between ticks. A tick has two halves: :meth:`Autoscaler.read`
+does the I/O, and :meth:`Autoscaler.decide` asks the policy, with the capacity
+tier's cap, while the reconciler holds the tier's lock (so the decision, the
+status and the history record what the tier really grants). The history is also stored in status
 (at most every STATUS_FLUSH_SECONDS, or whenever replicas change), so a
 restart or a new leader picks up the window where it was.
 """
@@ -21,7 +24,8 @@ from turnpike.api.modeldeployment import MetricsSource as SourceKind
 from turnpike.api.modeldeployment import ModelDeployment
 from turnpike.api.status import AutoscalerHistory, ModelDeploymentStatus
 from turnpike.autoscale.history import History
-from turnpike.autoscale.policy import Decision, Params, decide
+from turnpike.autoscale.policy import BudgetCap, Decision, Params, decide
+from turnpike.autoscale.signal import Observation
 from turnpike.autoscale.sources import (
     MetricsSource,
     PodScrapeSource,
@@ -68,6 +72,19 @@ class _State:
     flushed_at: float = 0.0
     last: Tick | None = None
     last_at: float = 0.0
+
+
+@dataclass
+class Reading:
+    """What one tick read, before any decision: the pods and their metrics, or the
+    decision of a tick less than a scrape interval ago (``held``), to repeat."""
+
+    time: float
+    pods: list[dict[str, Any]] | None = None
+    ready: int = 0
+    starting: int = 0
+    observation: Observation | None = None
+    held: Tick | None = None
 
 
 @dataclass
@@ -125,8 +142,14 @@ class Autoscaler:
         md: ModelDeployment,
         stored: ModelDeploymentStatus,
         current: int,
-        budget: int | None = None,
+        budget: int | BudgetCap | None = None,
     ) -> Tick:
+        """:meth:`read` then :meth:`decide`, for callers without a capacity tier."""
+        reading = await self.read(key, md, stored)
+        return self.decide(key, md, reading, current, budget)
+
+    async def read(self, key: Key, md: ModelDeployment, stored: ModelDeploymentStatus) -> Reading:
+        """List the pods and sample their metrics (the tick's I/O)."""
         state = self._source(key, md, stored)
         interval = float(md.spec.autoscaling.scrape_interval_seconds)
         if state.last is not None and self.clock() - state.last_at < 0.9 * interval:
@@ -134,24 +157,40 @@ class Autoscaler:
             # must not add samples: the policy's windows count samples, and a burst
             # of extra zero readings would dilute the panic window.
             held = replace(state.last.decision, current=state.last.decision.replicas)
-            return Tick(held, state.last.ready, state.last.starting, flush=False)
+            tick = Tick(held, state.last.ready, state.last.starting, flush=False)
+            return Reading(time=state.last_at, held=tick)
         pods = await self.kube.list(POD, key[0], label_selector=selector(md))
         targets, starting = split_pods(pods)
         observation = await state.source.sample(targets) if targets else None
+        return Reading(self.clock(), pods, len(targets), starting, observation)
+
+    def decide(
+        self,
+        key: Key,
+        md: ModelDeployment,
+        reading: Reading,
+        current: int,
+        budget: int | BudgetCap | None = None,
+    ) -> Tick:
+        """The policy's decision on ``reading``; ``budget`` is the capacity tier's cap
+        (see :func:`turnpike.autoscale.policy.decide`). No I/O."""
+        if reading.held is not None:
+            return reading.held
+        state = self._states[key]
         params = Params.from_spec(
             md.spec.autoscaling,
             min_replicas=md.spec.min_replicas,
             max_replicas=md.spec.max_replicas,
         )
-        now = self.clock()
+        now = reading.time
         decision = decide(
             params,
             current=current,
-            ready=len(targets),
-            starting=starting,
+            ready=reading.ready,
+            starting=reading.starting,
             history=state.history,
             now=now,
-            observation=observation,
+            observation=reading.observation,
             budget=budget,
         )
         state.history = decision.history
@@ -162,11 +201,11 @@ class Autoscaler:
         if decision.per_replica is not None:
             self.metrics.queue_depth.labels(*labels).set(decision.per_replica)
         self.metrics.desired_replicas.labels(*labels).set(decision.replicas)
-        self.metrics.ready_replicas.labels(*labels).set(len(targets))
+        self.metrics.ready_replicas.labels(*labels).set(reading.ready)
         self.metrics.scaling_decisions.labels(decision.direction).inc()
-        state.last = Tick(decision, len(targets), starting, flush)
+        state.last = Tick(decision, reading.ready, reading.starting, flush)
         state.last_at = now
-        return replace(state.last, pods=pods)
+        return replace(state.last, pods=reading.pods)
 
     def forget(self, key: Key) -> None:
         self._states.pop(key, None)

@@ -2,14 +2,17 @@
 
 Evaluations of one tier are serialized by a lock held until the caller has
 applied its Deployment and written the result through to the cache, so two
-deployments racing for the last GPUs never both get them.
+deployments racing for the last GPUs never both get them. Inside the lock the
+caller asks :attr:`Verdict.allocate` (pure, over one snapshot of the tier) for
+any replica count: the autoscaler decides with it as its cap, so a scale-up the
+tier refuses is never decided, recorded or reported.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,9 +40,20 @@ class Placement:
 
 @dataclass(frozen=True)
 class Verdict:
+    """The tier in effect, or why none can be used, and how it answers requests.
+
+    ``allocate(desired)`` is the tier's allocation for this ModelDeployment asking
+    for ``desired`` replicas, or None when capacity accounting is off. It reads
+    the snapshot taken under the tier's lock: call it only inside the block.
+    """
+
     tier: CapacityTier | None
-    allocation: Allocation | None
     problem: Problem | None
+    allocate: Callable[[int], Allocation] | None = None
+
+    def cap(self, desired: int) -> int | None:
+        """The most replicas the tier grants for ``desired`` (the autoscaler's BudgetCap)."""
+        return None if self.allocate is None else self.allocate(desired).max_replicas
 
     @property
     def placement(self) -> Placement | None:
@@ -89,21 +103,19 @@ class CapacityGate:
         self._locks: dict[str, asyncio.Lock] = {}
 
     @contextlib.asynccontextmanager
-    async def evaluate(
-        self, body: dict[str, Any], md: ModelDeployment, desired: int
-    ) -> AsyncIterator[Verdict]:
+    async def evaluate(self, body: dict[str, Any], md: ModelDeployment) -> AsyncIterator[Verdict]:
         """Yields the verdict while holding the tier's lock; apply inside the block."""
         tiers = parsed_tiers(self.cache)
         if not tiers:
-            yield Verdict(None, None, None)  # no tiers defined: accounting is off
+            yield Verdict(None, None)  # no tiers defined: accounting is off
             return
         resolution = resolve_tier(md.spec.tier or self.default_tier, tiers)
         tier = resolution.tier
         if tier is None:
             if md.spec.tier is None and resolution.reason == "NoDefaultTier":
-                yield Verdict(None, None, None)
+                yield Verdict(None, None)
             else:
-                yield Verdict(None, None, Problem(resolution.reason, resolution.message))
+                yield Verdict(None, Problem(resolution.reason, resolution.message))
             return
         lock = self._locks.setdefault(tier.name, asyncio.Lock())
         async with lock:
@@ -117,11 +129,13 @@ class CapacityGate:
                 if (c.namespace, c.name) != key
             ]
             created = str(body["metadata"].get("creationTimestamp", "1970-01-01T00:00:00Z"))
-            mine = consumer(
-                md, created, self.cache.deployments.get(key), desired, labels.get(key[0])
-            )
-            allocation = allowed_replicas(tier, [*others, mine])[mine.key]
-            yield Verdict(tier, allocation, None)
+            deployment = self.cache.deployments.get(key)
+
+            def allocate(desired: int) -> Allocation:
+                mine = consumer(md, created, deployment, desired, labels.get(key[0]))
+                return allowed_replicas(tier, [*others, mine])[mine.key]
+
+            yield Verdict(tier, None, allocate)
 
     def consumers_of(self, tier: CapacityTier) -> list[Any]:
         tiers = parsed_tiers(self.cache)

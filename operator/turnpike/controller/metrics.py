@@ -33,6 +33,12 @@ class Metrics:
             ["verb", "resource"],
             registry=self.registry,
         )
+        self.internal_errors = Counter(
+            "turnpike_internal_errors_total",
+            "Reconciles that a bug in the operator stopped (reported as Degraded=True).",
+            ["kind"],
+            registry=self.registry,
+        )
         self.children_applied = Counter(
             "turnpike_children_applied_total",
             "Server-side applies of children.",

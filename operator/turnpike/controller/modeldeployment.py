@@ -10,21 +10,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
+
 from turnpike.api.modeldeployment import ModelDeployment
 from turnpike.api.status import ConditionStatus, ModelDeploymentStatus
+from turnpike.api.uris import redact_userinfo
+from turnpike.capacity import Allocation
 from turnpike.controller.autoscaler import Autoscaler, Tick, history_status
 from turnpike.controller.cache import Cache
-from turnpike.controller.capacity import CapacityGate, Placement, Verdict
+from turnpike.controller.capacity import CapacityGate, Verdict
 from turnpike.controller.events import post_event
 from turnpike.controller.metrics import Metrics
 from turnpike.kube import ApiError, Kube
 from turnpike.kube.resources import MODEL_DEPLOYMENT, POD, SECRET, resource_for
-from turnpike.reconcile.children import desired_children, desired_replicas
+from turnpike.reconcile.children import desired_children, desired_replicas, too_large
 from turnpike.reconcile.diff import needs_apply
 from turnpike.reconcile.validation import (
     missing_secrets_problem,
@@ -34,10 +39,22 @@ from turnpike.reconcile.validation import (
 from turnpike.render import endpoint, selector
 from turnpike.status import Problem, condition, next_status, parse_status
 from turnpike.status.conditions import model_conditions, rollout_of, unschedulable_reason
+from turnpike.status.modeldeployment import failed_status
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
 Wanted = list[tuple[str, ConditionStatus, str, str]]
+
+# Failures of the shell (the API server or the network) are retried by the work
+# queue with backoff; anything else that escapes a reconcile is a bug in the
+# core and becomes this Degraded condition instead of an endless retry loop.
+TRANSIENT_ERRORS = (ApiError, aiohttp.ClientError, OSError, asyncio.TimeoutError)
+INTERNAL_ERROR = Problem(
+    "InternalError",
+    "the operator could not reconcile this ModelDeployment because of an internal error "
+    "(its log has the details); running pods are left as they are and it retries at the "
+    "next resync",
+)
 
 
 def utcnow() -> datetime:
@@ -55,6 +72,17 @@ def metrics_condition(tick: Tick) -> tuple[ConditionStatus, str, str]:
     if tick.decision.metrics_partial:
         return ("True", "PartialMetrics", tick.decision.reason)
     return ("True", "MetricsRead", "")
+
+
+def capacity_condition(allocation: Allocation) -> tuple[bool, str, str]:
+    """CapacityAvailable: what the tier granted, and how rollouts proceed within it."""
+    message = allocation.message
+    if not allocation.can_surge:
+        message += (
+            "; no GPUs left in the tier for a rollout's extra replica, so rollouts replace "
+            "one replica at a time (maxSurge 0, maxUnavailable 1)"
+        )
+    return (not allocation.limited, allocation.reason, message)
 
 
 @dataclass
@@ -78,6 +106,25 @@ class ModelDeploymentReconciler:
             if error.namespace_terminating:
                 return None  # the namespace and this object are on their way out
             raise
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as error:
+            await self._report_internal_error(key, error)
+            return self.resync_seconds
+
+    async def _report_internal_error(self, key: Key, error: Exception) -> None:
+        """Log the bug (credentials in URLs redacted) and say Degraded=True on the object."""
+        self.metrics.internal_errors.labels("ModelDeployment").inc()
+        details = redact_userinfo("".join(traceback.format_exception(error)))
+        log.error("reconcile of %s/%s failed with an internal error:\n%s", *key, details)
+        body = await self.kube.get(MODEL_DEPLOYMENT, *key)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return
+        previous = parse_status(body.get("status"))
+        generation = int(body["metadata"].get("generation", 0))
+        now = self.clock()
+        status = failed_status(previous, generation, INTERNAL_ERROR, rfc3339(now))
+        await self._write_status(body, previous, status, now)
 
     async def _reconcile(self, key: Key) -> float | None:
         namespace, name = key
@@ -108,22 +155,47 @@ class ModelDeploymentReconciler:
         md = parsed
 
         problem = await self._missing_secrets(namespace, referenced_secrets(md))
-        tick: Tick | None = None
-        if md.spec.autoscaling.enabled and problem is None and self.autoscaler is not None:
-            current = desired_replicas(md, previous.desired_replicas)
-            tick = await self.autoscaler.tick(key, md, previous, current)
-            wanted_replicas = tick.decision.replicas
-        else:
-            if self.autoscaler is not None:
+        current = desired_replicas(md, previous.desired_replicas)
+        autoscaled = md.spec.autoscaling.enabled and problem is None
+        reading = None
+        if self.autoscaler is not None:
+            if autoscaled:
+                reading = await self.autoscaler.read(key, md, previous)  # I/O before the lock
+            else:
                 self.autoscaler.forget(key)
-            wanted_replicas = desired_replicas(md, previous.desired_replicas)
 
-        async with self._capacity(body, md, wanted_replicas) as verdict:
+        tick: Tick | None = None
+        async with self._capacity(body, md) as verdict:
             problem = problem or verdict.problem
-            allocation = verdict.allocation
-            replicas = allocation.max_replicas if allocation is not None else wanted_replicas
+            wanted_replicas = current
+            if self.autoscaler is not None and reading is not None:
+                # The tier's cap goes into the decision, so status.lastScale and the
+                # history record what the tier grants, not what was wished for.
+                tick = self.autoscaler.decide(key, md, reading, current, budget=verdict.cap)
+                wanted_replicas = tick.decision.replicas
+            # The condition reports what was asked for: a wish the budget capped is
+            # BudgetExhausted, though the decision already holds at what fits.
+            asked = wanted_replicas
+            if tick is not None and tick.decision.wanted is not None:
+                asked = max(asked, tick.decision.wanted)
+            allocation = verdict.allocate(asked) if verdict.allocate else None
+            replicas = (
+                min(allocation.max_replicas, wanted_replicas)
+                if allocation is not None
+                else wanted_replicas
+            )
             placement = verdict.placement
-            deployment = await self._apply_children(body, md, replicas, problem, now, placement)
+            children = desired_children(
+                md,
+                replicas,
+                body["metadata"]["uid"],
+                priority_class=placement.priority_class if placement else None,
+                node_selector=placement.node_selector if placement else None,
+                tolerations=placement.tolerations if placement else None,
+                surge=allocation.can_surge if allocation is not None else True,
+            )
+            problem = problem or too_large(children)
+            deployment = await self._apply_children(body, children, problem, now)
         if (
             verdict.tier is not None
             and self.on_tier_change is not None
@@ -143,9 +215,7 @@ class ModelDeploymentReconciler:
             rollout,
             problem,
             pending=pending,
-            capacity=(not allocation.limited, allocation.reason, allocation.message)
-            if allocation is not None
-            else None,
+            capacity=capacity_condition(allocation) if allocation is not None else None,
             metrics=metrics_condition(tick) if tick is not None else None,
         )
         status = next_status(
@@ -179,11 +249,11 @@ class ModelDeploymentReconciler:
         return self.resync_seconds
 
     def _capacity(
-        self, body: dict[str, Any], md: ModelDeployment, desired: int
+        self, body: dict[str, Any], md: ModelDeployment
     ) -> contextlib.AbstractAsyncContextManager[Verdict]:
         if self.gate is None:
-            return contextlib.nullcontext(Verdict(None, None, None))
-        return self.gate.evaluate(body, md, desired)
+            return contextlib.nullcontext(Verdict(None, None))
+        return self.gate.evaluate(body, md)
 
     @staticmethod
     def _autoscaling_fields(
@@ -204,23 +274,13 @@ class ModelDeploymentReconciler:
     async def _apply_children(
         self,
         body: dict[str, Any],
-        md: ModelDeployment,
-        replicas: int,
+        children: list[dict[str, Any]],
         problem: Problem | None,
         now: datetime,
-        placement: Placement | None,
     ) -> dict[str, Any] | None:
         """Apply what differs; returns the live Deployment. A known problem blocks rollouts
         (the previous revision keeps serving) but the live state is still reported."""
         namespace = body["metadata"]["namespace"]
-        children = desired_children(
-            md,
-            replicas,
-            body["metadata"]["uid"],
-            priority_class=placement.priority_class if placement else None,
-            node_selector=placement.node_selector if placement else None,
-            tolerations=placement.tolerations if placement else None,
-        )
         lives = await asyncio.gather(*(self._live(child, namespace) for child in children))
         stale = [
             (child, live)

@@ -241,9 +241,12 @@ class Kube:
     async def patch_status(
         self, resource: Resource, namespace: str | None, name: str, status: dict[str, Any]
     ) -> dict[str, Any]:
+        # Without fieldManager the API server records the client's user agent
+        # (OpenAPI-Generator/...) as the manager of status in managedFields.
         result: dict[str, Any] = await self.request(
             "PATCH",
             resource.path(namespace, name, "status"),
+            query={"fieldManager": FIELD_MANAGER},
             body={"status": status},
             content_type="application/merge-patch+json",
         )
@@ -252,7 +255,10 @@ class Kube:
     async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         resource = resource_for(obj)
         result: dict[str, Any] = await self.request(
-            "POST", resource.path(obj["metadata"].get("namespace")), body=obj
+            "POST",
+            resource.path(obj["metadata"].get("namespace")),
+            query={"fieldManager": FIELD_MANAGER},
+            body=obj,
         )
         return result
 
@@ -260,7 +266,10 @@ class Kube:
         resource = resource_for(obj)
         metadata = obj["metadata"]
         result: dict[str, Any] = await self.request(
-            "PUT", resource.path(metadata.get("namespace"), metadata["name"]), body=obj
+            "PUT",
+            resource.path(metadata.get("namespace"), metadata["name"]),
+            query={"fieldManager": FIELD_MANAGER},
+            body=obj,
         )
         return result
 

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from turnpike.api.constants import API_VERSION
 from turnpike.api.modeldeployment import ModelDeployment
 from turnpike.reconcile.diff import with_hash
 from turnpike.render import owner_reference, render_deployment, render_pdb, render_service
+from turnpike.status.conditions import Problem
+
+# etcd refuses objects above 1.5 MiB (its default --max-request-bytes) and the API
+# server requests above 3 MiB; a child stays well below both, leaving room for
+# the metadata (managedFields, status) the API server adds.
+MAX_CHILD_BYTES = 1024 * 1024
 
 
 def desired_children(
@@ -17,10 +24,12 @@ def desired_children(
     priority_class: str | None = None,
     node_selector: dict[str, str] | None = None,
     tolerations: list[dict[str, Any]] | None = None,
+    surge: bool = True,
 ) -> list[dict[str, Any]]:
     """Deployment, Service and PodDisruptionBudget, in the order they are applied.
 
-    priority_class, node_selector and tolerations come from the CapacityTier.
+    priority_class, node_selector, tolerations and surge (whether the tier has
+    GPUs for a rollout's extra replica) come from the CapacityTier.
     """
     owner = owner_reference(API_VERSION, "ModelDeployment", md.metadata.name, uid)
     deployment = render_deployment(
@@ -29,6 +38,7 @@ def desired_children(
         priority_class=priority_class,
         extra_node_selector=node_selector or None,
         extra_tolerations=tolerations or None,
+        surge=surge,
     )
     children = [deployment, render_service(md), render_pdb(md, replicas)]
     owned = []
@@ -36,6 +46,26 @@ def desired_children(
         metadata = {**child["metadata"], "ownerReferences": [owner]}
         owned.append(with_hash({**child, "metadata": metadata}))
     return owned
+
+
+def object_bytes(obj: dict[str, Any]) -> int:
+    """Size of ``obj`` as the API server receives it (compact JSON, UTF-8)."""
+    return len(json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+
+
+def too_large(children: list[dict[str, Any]]) -> Problem | None:
+    """A Problem when a child could not be stored. Admission bounds every field that
+    grows a child, so this guards only against a future field that forgets to."""
+    for child in children:
+        size = object_bytes(child)
+        if size > MAX_CHILD_BYTES:
+            return Problem(
+                "RenderedTooLarge",
+                f"the {child['kind']} rendered from this spec would be {size} bytes, more "
+                f"than the {MAX_CHILD_BYTES} an object may have; shorten runtime.args, "
+                "runtime.env or the model URI",
+            )
+    return None
 
 
 def desired_replicas(md: ModelDeployment, current_desired: int | None) -> int:

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from turnpike.api.constants import GRPC_PORT, HTTP_PORT, METRICS_PORT
 from turnpike.api.modeldeployment import Backend, ModelDeployment
+from turnpike.render.expansion import literal
 
 TRITONSERVER = "tritonserver"
 MPIRUN = "mpirun"
@@ -73,15 +74,16 @@ def _load_flags(model_name: str | None) -> list[str]:
     steps); with no name Triton loads everything in the repository."""
     if model_name is None:
         return []
-    return ["--model-control-mode=explicit", f"--load-model={model_name}"]
+    return ["--model-control-mode=explicit", f"--load-model={literal(model_name)}"]
 
 
 def triton_command(md: ModelDeployment, repository: str) -> list[str]:
     """The container's full argv. ``runtime.args`` come last in every tritonserver
-    invocation so that a user's flag overrides ours (Triton keeps the last value)."""
+    invocation so that a user's flag overrides ours (Triton keeps the last value).
+    Every user string is escaped (see :mod:`turnpike.render.expansion`)."""
     spec = md.spec
-    user_args = list(spec.runtime.args)
-    common = [f"--model-repository={repository}"]
+    user_args = [literal(a) for a in spec.runtime.args]
+    common = [f"--model-repository={literal(repository)}"]
     trtllm = spec.model.backend == Backend.TENSORRTLLM
     if not uses_mpi(md):
         return [

@@ -8,6 +8,7 @@ from typing import Any
 from turnpike.api.constants import GRPC_PORT, HTTP_PORT, METRICS_PORT
 from turnpike.api.modeldeployment import EnvVar, ModelDeployment
 from turnpike.render.command import triton_command, uses_mpi
+from turnpike.render.expansion import literal
 from turnpike.render.labels import common_labels, object_meta, selector_labels
 from turnpike.render.names import child_name
 from turnpike.render.repository import (
@@ -62,6 +63,13 @@ TERMINATION_GRACE_PERIOD_SECONDS = 60
 
 REVISION_HISTORY_LIMIT = 3
 
+# Rolling updates: one extra replica while rolling, so serving capacity is kept
+# (capacity accounting charges it), or, when the tier has no GPUs for that extra
+# replica, one replica replaced at a time.
+MAX_SURGE = 1
+SURGE_ROLLOUT = {"maxSurge": MAX_SURGE, "maxUnavailable": 0}
+IN_PLACE_ROLLOUT = {"maxSurge": 0, "maxUnavailable": 1}
+
 # Open MPI's shared-memory transport tries cross-memory attach (process_vm_readv),
 # which a container without CAP_SYS_PTRACE is refused; the ranks then log errors on
 # every message. TensorRT-LLM moves tensors over NCCL, so plain copies cost nothing.
@@ -72,7 +80,7 @@ def _env_entry(var: EnvVar) -> dict[str, Any]:
     if var.secret_key_ref is not None:
         ref = var.secret_key_ref
         return {"name": var.name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
-    return {"name": var.name, "value": var.value}
+    return {"name": var.name, "value": literal(var.value or "")}
 
 
 def _merge_env(
@@ -81,7 +89,7 @@ def _merge_env(
     forced: tuple[dict[str, Any], ...] | list[dict[str, Any]] = (),
 ) -> list[dict[str, Any]]:
     """``defaults`` yield to a user's variable of the same name, ``forced`` do not.
-    The user's order is kept: later entries may refer to earlier ones as $(NAME)."""
+    The user's order is kept. Values are literal: the renderer escapes $(NAME)."""
     forced_names = {e["name"] for e in forced}
     user = [e for e in user if e["name"] not in forced_names]
     taken = forced_names | {e["name"] for e in user}
@@ -217,6 +225,7 @@ def render_deployment(
     priority_class: str | None = None,
     extra_node_selector: dict[str, str] | None = None,
     extra_tolerations: list[dict[str, Any]] | None = None,
+    surge: bool = True,
 ) -> dict[str, Any]:
     """The Deployment for ``md`` at ``replicas`` replicas.
 
@@ -224,10 +233,12 @@ def render_deployment(
     controller decides it (autoscaler, capacity tier); ``priority_class``,
     ``extra_node_selector`` and ``extra_tolerations`` come from the CapacityTier.
 
-    Rolling updates surge by one replica and never go below the current count
-    (maxSurge 1, maxUnavailable 0): serving capacity is kept during a rollout at
-    the cost of one replica's GPUs of headroom, which capacity accounting must
-    count.
+    With ``surge`` rolling updates add one replica and never go below the current
+    count (maxSurge 1, maxUnavailable 0): serving capacity is kept during a
+    rollout at the cost of one replica's GPUs of headroom, which capacity
+    accounting counts. Without it (the tier has no GPUs for that extra replica)
+    they replace one replica at a time (maxSurge 0, maxUnavailable 1), so a
+    rollout never holds more GPUs than the tier granted.
     """
     if replicas < 0:
         raise ValueError(f"replicas must not be negative, got {replicas}")
@@ -284,7 +295,7 @@ def render_deployment(
             "selector": {"matchLabels": selector},
             "strategy": {
                 "type": "RollingUpdate",
-                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+                "rollingUpdate": dict(SURGE_ROLLOUT if surge else IN_PLACE_ROLLOUT),
             },
             "template": {
                 "metadata": {

@@ -6,8 +6,13 @@ a digit or containing dots), but its children are stricter: a Service name must
 be a DNS-1035 label and a Deployment name becomes the prefix of pod hostnames.
 Every child is therefore named by :func:`child_name`, which leaves names that are
 already valid untouched (so ``kubectl get deploy llama`` finds ``llama``) and
-otherwise derives a valid name that carries a short hash of the original, so two
-different ModelDeployments can never be given the same child.
+otherwise derives a valid name that carries a short hash of the original.
+
+The mapping is injective: a derived name always ends in ``-<8 hex digits>``, and
+a name that already ends that way is never kept as it is (it is derived too).
+Without that rule ``a.b`` (derived: ``a-b-2e7336dc``) and a ModelDeployment
+literally called ``a-b-2e7336dc`` would share one Deployment. Pod selector labels
+(:func:`label_value`) follow the same rule.
 """
 
 from __future__ import annotations
@@ -26,9 +31,12 @@ MAX_SUFFIX_LENGTH = 20
 # Prepended when the name does not start with a letter, as DNS-1035 requires.
 LEADING_LETTER_PREFIX = "md-"
 
-_DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_SUFFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+# Matched with fullmatch: re.match with "$" also accepts a trailing newline.
+_DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+_SUFFIX = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+# How every derived name ends; reserved, so no name kept as is can look like one.
+_DERIVED_ENDING = re.compile(rf"-[0-9a-f]{{{HASH_LENGTH}}}\Z")
 
 
 def short_hash(text: str) -> str:
@@ -38,20 +46,27 @@ def short_hash(text: str) -> str:
 
 
 def is_dns1035_label(name: str) -> bool:
-    return len(name) <= MAX_NAME_LENGTH and _DNS1035_LABEL.match(name) is not None
+    return len(name) <= MAX_NAME_LENGTH and _DNS1035_LABEL.fullmatch(name) is not None
 
 
 def is_label_value(value: str) -> bool:
-    return len(value) <= MAX_LABEL_VALUE_LENGTH and _LABEL_VALUE.match(value) is not None
+    return len(value) <= MAX_LABEL_VALUE_LENGTH and _LABEL_VALUE.fullmatch(value) is not None
+
+
+def looks_derived(name: str) -> bool:
+    """Whether ``name`` has the shape of a derived name (``...-<8 hex digits>``)."""
+    return _DERIVED_ENDING.search(name) is not None
 
 
 def child_name(md_name: str, suffix: str = "") -> str:
     """The DNS-1035 name of a child object of the ModelDeployment ``md_name``.
 
     ``md_name`` (joined with ``-suffix``) is returned as is when it is already a
-    valid DNS-1035 label. Otherwise the name is lower-cased, characters outside
-    ``[a-z0-9-]`` become ``-``, ``md-`` is prepended when it does not start with a
-    letter, it is cut to fit, and ``-<hash>`` of the original name is appended
+    valid DNS-1035 label and does not itself end like a derived name (``-`` and
+    eight hex digits, e.g. ``model-20261201``). Otherwise the name is lower-cased,
+    characters outside ``[a-z0-9-]`` become ``-``, ``md-`` is prepended when it
+    does not start with a letter, it is cut to fit, and ``-<hash>`` of the
+    original name is appended
     (before the suffix, which always survives whole). The hash is there for
     uniqueness, not decoration: two names that share their first 60 characters,
     or that differ only in characters replaced by ``-``, still get different
@@ -61,14 +76,14 @@ def child_name(md_name: str, suffix: str = "") -> str:
     "b")`` equals ``child_name("a-b")``. Use suffixes only for kinds that are never
     named without one.
     """
-    if suffix and not (len(suffix) <= MAX_SUFFIX_LENGTH and _SUFFIX.match(suffix)):
+    if suffix and not (len(suffix) <= MAX_SUFFIX_LENGTH and _SUFFIX.fullmatch(suffix)):
         raise ValueError(
             f"child name suffix {suffix!r} must be a DNS label of at most "
             f"{MAX_SUFFIX_LENGTH} characters"
         )
     tail = f"-{suffix}" if suffix else ""
     candidate = md_name + tail
-    if is_dns1035_label(candidate):
+    if is_dns1035_label(candidate) and not looks_derived(md_name):
         return candidate
 
     body = re.sub(r"[^a-z0-9-]", "-", md_name.lower()).strip("-")
@@ -81,14 +96,16 @@ def child_name(md_name: str, suffix: str = "") -> str:
 
 def label_value(value: str) -> str:
     """``value`` made into a valid label value (at most 63 characters, alphanumeric
-    at both ends), unchanged when it already is one and otherwise suffixed with a
-    hash of the original so distinct values stay distinct, which matters because
-    these labels select pods."""
-    if is_label_value(value):
+    at both ends), unchanged when it already is one (and does not end like a
+    derived value) and otherwise suffixed with a hash of the original so distinct
+    values stay distinct, which matters because these labels select pods."""
+    if is_label_value(value) and not looks_derived(value):
         return value
     body = re.sub(r"[^-A-Za-z0-9_.]", "-", value)
     marker = short_hash(value)
     room = MAX_LABEL_VALUE_LENGTH - len(marker) - 1
     body = re.sub(r"^[^A-Za-z0-9]+", "", body)[:room]
     body = re.sub(r"[^A-Za-z0-9]+$", "", body)
-    return f"{body}-{marker}" if body else marker
+    # A value with nothing left to keep still gets a letter before the hash, so it
+    # has the derived shape too (a bare hash could be someone's name as is).
+    return f"{body or 'x'}-{marker}"

@@ -11,11 +11,12 @@ server, so the download adds no second image to pull, and it brings python3.
 from __future__ import annotations
 
 import posixpath
-import re
 from dataclasses import dataclass
 from typing import Any
 
+from turnpike.api import uris
 from turnpike.api.modeldeployment import Model
+from turnpike.render.expansion import literal
 
 MODEL_REPOSITORY_VOLUME = "model-repository"
 MODEL_REPOSITORY_PATH = "/models"
@@ -31,9 +32,6 @@ GCS_CREDENTIALS_FILE = "credentials.json"
 ENV_SOURCE = "TURNPIKE_MODEL_SOURCE"
 ENV_SUBPATH = "TURNPIKE_MODEL_SUBPATH"
 ENV_DIR = "TURNPIKE_MODEL_DIR"
-
-_CLAIM = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_HF_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 # Runs in the init container with ``python3 -c``. Standard library only, so it
 # works in every Triton image; huggingface_hub is used when the image has it (the
@@ -143,13 +141,18 @@ class RepositoryPlan:
     env: tuple[dict[str, Any], ...] = ()
 
 
+def _refused(uri: str, why: str) -> ValueError:
+    # Never echo credentials, even of an object admitted before the rule existed.
+    return ValueError(f"model.uri {uris.redact_userinfo(uri)!r}: {why}")
+
+
 def _clean_subpath(path: str, uri: str) -> str:
     """A relative path with no ``..``: a repository path must stay inside its mount."""
     if not path.strip("/"):
         return ""
     normal = posixpath.normpath(path.strip("/"))
     if normal == ".." or normal.startswith("../"):
-        raise ValueError(f"model.uri {uri!r}: the path must stay inside the repository")
+        raise _refused(uri, "the path must stay inside the repository")
     return "" if normal == "." else normal
 
 
@@ -158,7 +161,14 @@ def _under_mount(subpath: str) -> str:
 
 
 def plan_repository(model: Model) -> RepositoryPlan:
+    """Volumes, mounts and downloads for ``model.uri``.
+
+    Admission (and the API model's Python twins) refuse every URI this raises on;
+    the checks here are the same predicates, kept as a guard.
+    """
     uri = model.uri
+    if uris.has_userinfo(uri):
+        raise _refused(uri, "credentials belong in model.credentials")
     scheme, _, rest = uri.partition("://")
     if scheme == "s3":
         return RepositoryPlan(path=uri)
@@ -166,8 +176,8 @@ def plan_repository(model: Model) -> RepositoryPlan:
         return _plan_gcs(model)
     if scheme == "pvc":
         claim, _, path = rest.partition("/")
-        if not _CLAIM.match(claim) or len(claim) > 253:
-            raise ValueError(f"model.uri {uri!r}: {claim!r} is not a PersistentVolumeClaim name")
+        if not uris.is_valid_pvc_uri(uri):
+            raise _refused(uri, f"{claim!r} is not a PersistentVolumeClaim name")
         subpath = _clean_subpath(path, uri)
         return RepositoryPlan(
             path=_under_mount(subpath),
@@ -187,13 +197,13 @@ def plan_repository(model: Model) -> RepositoryPlan:
         )
     if scheme == "hf":
         parts = rest.split("/", 2)
-        if len(parts) < 2 or not all(_HF_PART.match(p) for p in parts[:2]):
-            raise ValueError(f"model.uri {uri!r}: expected hf://ORG/NAME[/PATH]")
+        if not uris.is_valid_hf_uri(uri):
+            raise _refused(uri, "expected hf://ORG/NAME[/PATH]")
         subpath = _clean_subpath(parts[2] if len(parts) == 3 else "", uri)
         return _plan_download(Download(source=f"hf://{parts[0]}/{parts[1]}", subpath=subpath))
     if scheme in ("http", "https"):
         return _plan_download(Download(source=uri))
-    raise ValueError(f"model.uri {uri!r}: unsupported scheme {scheme!r}")
+    raise _refused(uri, f"unsupported scheme {scheme!r}")
 
 
 def _plan_gcs(model: Model) -> RepositoryPlan:
@@ -248,8 +258,8 @@ def download_env(download: Download) -> list[dict[str, Any]]:
     env = [
         {"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"},
         {"name": ENV_DIR, "value": MODEL_REPOSITORY_PATH},
-        {"name": ENV_SOURCE, "value": download.source},
+        {"name": ENV_SOURCE, "value": literal(download.source)},
     ]
     if download.subpath:
-        env.append({"name": ENV_SUBPATH, "value": download.subpath})
+        env.append({"name": ENV_SUBPATH, "value": literal(download.subpath)})
     return env

@@ -11,7 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from turnpike.api.status import Condition, ConditionStatus
+from turnpike.api.status import (
+    MAX_CONDITION_MESSAGE,
+    MAX_CONDITION_REASON,
+    Condition,
+    ConditionStatus,
+)
+
+ELLIPSIS = "…"
 
 
 @dataclass(frozen=True)
@@ -121,13 +128,25 @@ def _settled(rollout: Rollout) -> bool:
     )
 
 
+def truncated(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, marked with an ellipsis when cut,
+    and valid Unicode (a lone surrogate, which JSON can carry, becomes "?")."""
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    return text if len(text) <= limit else text[: limit - len(ELLIPSIS)] + ELLIPSIS
+
+
 def merge_conditions(
     previous: list[Condition],
     wanted: list[tuple[str, ConditionStatus, str, str]],
     generation: int,
     now: str,
 ) -> list[Condition]:
-    """New conditions, keeping lastTransitionTime where the status did not flip."""
+    """New conditions, keeping lastTransitionTime where the status did not flip.
+
+    Messages quote other components (the Deployment controller, the scheduler)
+    whose text has no bound of ours; they are cut to what the status schema
+    accepts rather than fail the whole status write.
+    """
     before = {c.type: c for c in previous}
     merged = []
     for type_, status, reason, message in wanted:
@@ -137,8 +156,8 @@ def merge_conditions(
             Condition(
                 type=type_,
                 status=status,
-                reason=reason,
-                message=message,
+                reason=truncated(reason, MAX_CONDITION_REASON),
+                message=truncated(message, MAX_CONDITION_MESSAGE),
                 observed_generation=generation,
                 last_transition_time=since,
             )

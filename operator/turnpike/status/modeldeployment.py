@@ -60,3 +60,20 @@ def condition(status: ModelDeploymentStatus, type_: str) -> str | None:
         if c.type == type_:
             return c.status
     return None
+
+
+def failed_status(
+    previous: ModelDeploymentStatus, generation: int, problem: Problem, now: str
+) -> ModelDeploymentStatus:
+    """Status after a reconcile that could not finish: Degraded=True with ``problem``.
+
+    Everything the failed reconcile did not observe (replica counts, the
+    autoscaler's window, capacity and metrics conditions) stays as last written.
+    """
+    wanted = deployment_status(generation, None, problem)
+    replaced = {type_ for type_, *_ in wanted}
+    kept = [c for c in previous.conditions if c.type not in replaced]
+    merged = merge_conditions(previous.conditions, wanted, generation, now)
+    return previous.model_copy(
+        update={"observed_generation": generation, "conditions": [*merged, *kept]}
+    )
