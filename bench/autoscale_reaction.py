@@ -614,7 +614,8 @@ async def bench(
         pools = realnode.real_pools(localcluster.load_shape())
         if cluster.bin_dir is None or not pools:
             raise SystemExit("the benchmark needs the local cluster's real node")
-        image = realnode.image_ref(realnode.build_images(), "tritonserver-cpu")
+        images = realnode.node_images(localcluster._read_state())
+        image = realnode.image_ref(images, "tritonserver-cpu")
         server = ModelServer().start()
         kubelet = ReadyPods(kubectl.in_namespace(NAMESPACE), SELECTOR)
         for interval_s in intervals:

@@ -2,14 +2,17 @@
 
 1. Start the local cluster (compiled once and cached): the control plane, fake
    H100/A100 pools, and a real node (kubelet, containerd, runc) with fake GPUs.
-2. Install the CRDs and run the operator (`turnpike run`) against it.
+2. Install the CRDs, then the operator as users do: `helm install` of
+   charts/turnpike with the operator image built from the repository's
+   Dockerfile, two pods on the real node under Pod Security `restricted`.
 3. Apply a queue-autoscaled ModelDeployment for the real node's GPU product. The
    kubelet starts its pods from exactly what the operator rendered: the local
    CPU Triton image, with the model repository fetched by the rendered
    download init container from a local HTTP server on the node's bridge.
 4. Send a bounded load ramp (up, plateau, burst, down) through the
    ModelDeployment's Service and show queue depth, replicas and every scaling
-   decision live: the operator reads the queue from each pod's Triton metrics.
+   decision live: the in-cluster operator reads the queue from each pod's
+   Triton metrics over the pod network.
 5. Write a summary and a PNG timeline, then stop everything (Ctrl-C too);
    `--keep` leaves the cluster up to explore with kubectl.
 """
@@ -33,10 +36,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "operator"), str(REPO)]
 
-from hack import loadgen, localcluster, netrule, realnode  # noqa: E402
-from hack.kubectl import Kubectl  # noqa: E402
+from hack import chart_operator, loadgen, localcluster, netrule, realnode  # noqa: E402
+from hack.chart_operator import ChartOperator  # noqa: E402
+from hack.kubectl import Kubectl, KubectlError  # noqa: E402
 from hack.modelserver import ModelServer  # noqa: E402
-from hack.operator_process import OperatorProcess, start_operator  # noqa: E402
 
 NAMESPACE = "turnpike-demo"
 NAME = "demo-llm"
@@ -191,7 +194,7 @@ def run_demo(plan: Plan, out: Path, keep: bool, stop: threading.Event) -> dict[s
     print("==> local cluster (compiled once, cached)", flush=True)
     cluster = localcluster.ensure()
     kubectl = Kubectl(cluster.kubectl(), cluster.kubeconfig)
-    operator: OperatorProcess | None = None
+    operator: ChartOperator | None = None
     server: ModelServer | None = None
     timeline = Timeline()
     load_result: loadgen.LoadResult | None = None
@@ -200,12 +203,21 @@ def run_demo(plan: Plan, out: Path, keep: bool, stop: threading.Event) -> dict[s
         pools = realnode.real_pools(localcluster.load_shape())
         if cluster.bin_dir is None or not pools:
             raise SystemExit("the demo needs the local cluster's real node (unset KUBECONFIG)")
-        image = realnode.image_ref(realnode.build_images(), "tritonserver-cpu")
+        images = realnode.node_images(localcluster._read_state())
+        image = realnode.image_ref(images, "tritonserver-cpu")
+        operator_image = realnode.image_ref(images, "turnpike")
         server = ModelServer().start()
-        print("==> CRDs and the operator", flush=True)
+        print("==> CRDs, then `helm install` of the operator", flush=True)
         kubectl.run("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
         kubectl.run("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
-        operator = start_operator(cluster.kubeconfig, out / "operator.log")
+        kubectl.run("apply", "--server-side", "--force-conflicts", "-f",
+                    str(REPO / "deploy" / "admission"))
+        operator = chart_operator.install(
+            kubectl, str(cluster.bin_dir / "helm"), operator_image, name="turnpike"
+        )
+        pods = operator.wait_ready()
+        print(f"    operator pods {', '.join(p['metadata']['name'] for p in pods)} Ready in "
+              f"{operator.namespace} (image {operator_image})", flush=True)
         kubectl.run("delete", "namespace", NAMESPACE, "--ignore-not-found", "--timeout=120s",
                     timeout=150)
         kubectl.run("create", "namespace", NAMESPACE)
@@ -223,7 +235,11 @@ def run_demo(plan: Plan, out: Path, keep: bool, stop: threading.Event) -> dict[s
     finally:
         print("==> stopping", flush=True)
         if operator is not None:
-            operator.stop()
+            with contextlib.suppress(Exception):
+                (out / "operator.log").write_text(operator.kube.run(
+                    "logs", "-l", "app.kubernetes.io/instance=turnpike", "--tail=-1",
+                    "--prefix", check=False).stdout)
+            operator.uninstall()
         if server is not None:
             server.stop()
         if not keep:
@@ -247,7 +263,7 @@ def ready_pods(kubectl: Kubectl) -> int:
     )
 
 
-def drive(plan: Plan, target: str, kubectl: Kubectl, operator: OperatorProcess,
+def drive(plan: Plan, target: str, kubectl: Kubectl, operator: ChartOperator,
           timeline: Timeline, stop: threading.Event) -> loadgen.LoadResult:
     schedule = [(d, c) for _, d, c in plan.phases]
     boundaries = []
@@ -277,7 +293,7 @@ def drive(plan: Plan, target: str, kubectl: Kubectl, operator: OperatorProcess,
         phase = next(((n, c) for a, b, n, c in boundaries if a <= t < b), ("settle", 0))
         try:
             samples = operator.metrics()
-        except OSError:
+        except (OSError, KubectlError):  # a leader change or a slow answer: next second
             samples = {}
         point = Point(t=t, phase=phase[0], concurrency=phase[1],
                       queue=metric(samples, "turnpike_queue_depth"),

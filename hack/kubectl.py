@@ -72,7 +72,8 @@ def eventually(
     while True:
         try:
             last = probe()
-        except KubectlError as error:
+        except (KubectlError, subprocess.TimeoutExpired) as error:
+            # A slow answer on a busy machine is one more try, not the end.
             last = None
             error_text = str(error)
         else:

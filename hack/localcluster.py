@@ -404,7 +404,35 @@ def _start(name: str, argv: list[str], state: dict[str, Any]) -> None:
             env={**os.environ, "NO_PROXY": NO_PROXY, "no_proxy": NO_PROXY},
         )
     state.setdefault("pids", {})[name] = proc.pid
+    state.setdefault("argv", {})[name] = argv
     _write_state(state)
+
+
+def stop_component(name: str, timeout: float = 20) -> None:
+    """Stop one running component (fault tests: an API server outage); see start_component."""
+    state = _read_state()
+    pid = state.get("pids", {}).get(name)
+    if pid is None or not (process_alive(pid) and _ours(pid)):
+        raise RuntimeError(f"{name} is not running")
+    if name not in state.get("argv", {}):
+        raise RuntimeError(f"{name}'s command line is not recorded: restart the cluster first")
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process_alive(pid):
+        time.sleep(0.05)
+    if process_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+def start_component(name: str) -> None:
+    """Start a component stopped by stop_component again, with the same command line."""
+    state = _read_state()
+    pid = state.get("pids", {}).get(name)
+    if pid is not None and process_alive(pid) and _ours(pid):
+        raise RuntimeError(f"{name} is still running")
+    _start(name, state["argv"][name], state)
 
 
 def running() -> Cluster | None:
@@ -490,8 +518,11 @@ def up() -> Cluster:
     if pool is not None:
         # The bridge and the guard table come first: the API server advertises
         # the bridge address, and no pod may start before the guard is in place.
-        realnode.prepare_host(state, guarded_ports=[ports["apiserver"], ports["etcd"]])
-        _write_state(state)
+        try:
+            realnode.prepare_host(state, guarded_ports=[ports["apiserver"], ports["etcd"]])
+        finally:
+            # Recorded even when it fails half way, so that down() can undo it.
+            _write_state(state)
 
     etcd_url = f"http://127.0.0.1:{ports['etcd']}"
     peer_url = f"http://127.0.0.1:{ports['etcd_peer']}"
@@ -748,6 +779,9 @@ def down() -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(process_alive(p) for p in killed):
         time.sleep(0.05)
+    # The bridge, the guard table and the sysctls last: the API server listened
+    # on every interface until a moment ago.
+    realnode.undo_host(state)
     shutil.rmtree(STATE_DIR, ignore_errors=True)
     if ours:
         log(f"stopped {', '.join(sorted(ours))}")

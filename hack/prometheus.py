@@ -45,6 +45,11 @@ from typing import Any
 
 import yaml
 
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hack import netrule
+
 BINARY_ENV = "TURNPIKE_PROMETHEUS"
 APT_PACKAGE = "prometheus"
 INSTALL_HINT = f"apt-get install -y --no-install-recommends {APT_PACKAGE}"
@@ -56,7 +61,8 @@ class PrometheusError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class ScrapeTarget:
-    """``address`` is ``ip:port`` on loopback; ``labels`` are attached to every series."""
+    """``address`` is ``ip:port`` on loopback or a harness address (hack/netrule.py);
+    ``labels`` are attached to every series."""
 
     address: str
     labels: Mapping[str, str] = field(default_factory=dict)
@@ -64,8 +70,10 @@ class ScrapeTarget:
 
     def __post_init__(self) -> None:
         host, _, port = self.address.rpartition(":")
-        if not port.isdigit() or not ipaddress.ip_address(host).is_loopback:
-            raise ValueError(f"scrape target {self.address!r} is not a loopback ip:port")
+        if not port.isdigit() or not netrule.allowed(host):
+            raise ValueError(
+                f"scrape target {self.address!r} is not ip:port on loopback or the harness ranges"
+            )
 
 
 def find_binary() -> str | None:

@@ -74,6 +74,8 @@ SYSCTLS = (
 DEVICE_PLUGIN_DIR = Path("/var/lib/kubelet/device-plugins")
 CONTAINER_LOG_LINKS = Path("/var/log/containers")
 OWNER_FILE = Path("/run/turnpike-realnode.owner")
+# containerd puts shim sockets and runc state here whatever its config says.
+RUN_CONTAINERD = Path("/run/containerd")
 
 GPU_TAINT = "nvidia.com/gpu=present:NoSchedule"
 
@@ -242,26 +244,37 @@ def guard_ruleset() -> str:
     return f"""
 table {family} {table} {{
   set harness {{ type ipv4_addr; flags interval; elements = {{ {ranges} }} }}
-  # Forwarding happens only between pods of the bridge.
+  # Forwarding happens only between pods of the bridge, whatever the addresses
+  # (a pod with CAP_NET_RAW can forge its source; IPv6 is covered by interface).
   chain forward {{
     type filter hook forward priority -10; policy accept;
     iifname "{bridge}" oifname "{bridge}" accept
+    iifname "{bridge}" drop
+    oifname "{bridge}" drop
     ip saddr @harness drop
     ip daddr @harness drop
   }}
-  # The last word before a packet leaves: harness addresses leave only on the bridge.
+  # The last word before a packet leaves: harness addresses leave only on the
+  # bridge, judged by the addresses before any NAT.
   chain postrouting {{
     type filter hook postrouting priority 300; policy accept;
     oifname "{bridge}" accept
     oifname "lo" accept
+    ct original ip saddr @harness drop
+    ct original ip daddr @harness drop
     ip saddr @harness drop
     ip daddr @harness drop
   }}
-  # Nothing outside reaches harness addresses or the API server's port.
+  # Pods reach the host only at harness addresses (the API server, the kubelet,
+  # the tests' model servers) and never a resolver; nothing outside reaches
+  # harness addresses or the API server's and etcd's ports.
   chain input {{
     type filter hook input priority -10; policy accept;
-    iifname "{bridge}" accept
     iifname "lo" accept
+    iifname "{bridge}" udp dport 53 drop
+    iifname "{bridge}" tcp dport 53 drop
+    iifname "{bridge}" ip daddr @harness accept
+    iifname "{bridge}" drop
     ip daddr @harness drop
     tcp dport @guarded_ports drop
   }}
@@ -295,7 +308,8 @@ def cni_config(state_dir: Path) -> dict[str, Any]:
                             }
                         ]
                     ],
-                    "routes": [{"dst": "0.0.0.0/0"}],
+                    # No default route: pods reach the harness range, nothing else.
+                    "routes": [{"dst": netrule.HARNESS_RANGES[0]}],
                 },
             },
         ],
@@ -441,6 +455,29 @@ def build_images() -> list[dict[str, str]]:
     return images
 
 
+def ctr(state: dict[str, Any]) -> list[str]:
+    """The ``ctr`` command line for the node's containerd, in Kubernetes' namespace."""
+    sockets = socket_dir(Path(state["state_dir"]))
+    return [str(Path(state["bin"]) / "ctr"), f"--address={sockets / 'containerd.sock'}",
+            "-n", "k8s.io"]
+
+
+def crictl(state: dict[str, Any]) -> list[str]:
+    """The ``crictl`` command line for the node's containerd."""
+    sockets = socket_dir(Path(state["state_dir"]))
+    return [str(Path(state["bin"]) / "crictl"),
+            f"--runtime-endpoint=unix://{sockets / 'containerd.sock'}"]
+
+
+def node_images(state: dict[str, Any]) -> list[dict[str, str]]:
+    """The node's images, built if their inputs changed since cluster-up and imported
+    into the running node's containerd if missing (a code change rebuilds the
+    operator image while the cluster runs)."""
+    images = build_images()
+    import_images(ctr(state), images)
+    return images
+
+
 def image_ref(images: list[dict[str, str]], stem: str) -> str:
     """The full ref of the image whose repository ends with ``stem``."""
     for image in images:
@@ -486,7 +523,11 @@ def prepare_host(state: dict[str, Any], guarded_ports: Iterable[int]) -> None:
     node.setdefault("tables_before", sorted(map(list, nft_tables())))
     node.setdefault(
         "paths_created",
-        [str(p) for p in (Path("/var/lib/kubelet"), CONTAINER_LOG_LINKS) if not p.exists()],
+        [
+            str(p)
+            for p in (Path("/var/lib/kubelet"), CONTAINER_LOG_LINKS, RUN_CONTAINERD)
+            if not p.exists()
+        ],
     )
 
     if not bridge_exists():
@@ -573,14 +614,13 @@ def start(
         ["env", f"PATH={env_path}", str(bin_dir / "containerd"), f"--config={config}",
          "--log-level=warn"],
     )
-    ctr = [str(bin_dir / "ctr"), f"--address={sockets / 'containerd.sock'}", "-n", "k8s.io"]
     wait_for(
         "containerd",
-        lambda: _run(*ctr, "version", check=False, timeout=10).returncode == 0,
+        lambda: _run(*ctr(state), "version", check=False, timeout=10).returncode == 0,
         60,
         ("containerd",),
     )
-    import_images(ctr, images)
+    import_images(ctr(state), images)
 
     config_path = state_dir / "kubelet-config.yaml"
     config_path.write_text(json.dumps(kubelet_config(state_dir, pki, ports), indent=2))
@@ -694,23 +734,24 @@ def stop(
 
     # 2. Every pod sandbox through the CRI: containers stop, CNI DEL releases the
     # veth and the address, containerd unmounts the rootfs and the netns.
-    crictl = bin_dir / "crictl" if bin_dir else None
-    if crictl and crictl.exists() and "containerd" in ours and alive(ours["containerd"]):
-        endpoint = f"unix://{sockets / 'containerd.sock'}"
+    has_crictl = bin_dir is not None and (bin_dir / "crictl").exists()
+    if has_crictl and "containerd" in ours and alive(ours["containerd"]):
         with contextlib.suppress(subprocess.TimeoutExpired):
-            _run(str(crictl), f"--runtime-endpoint={endpoint}", "--timeout=20s",
-                 "rmp", "--all", "--force", check=False, timeout=90)
+            _run(*crictl(state), "--timeout=20s", "rmp", "--all", "--force",
+                 check=False, timeout=90)
 
     # 3. containerd, then any shim or container process it left.
     if "containerd" in ours:
         _signal_all([ours["containerd"]], signal.SIGTERM)
         _signal_all(_wait_gone([ours["containerd"]], 15, alive), signal.SIGKILL)
     leftovers = shim_pids(state_dir)
-    for cgroup in kubepods_cgroups():
+    owner = _current_owner()
+    machine_node_is_ours = owner is None or owner == str(state_dir)
+    for cgroup in kubepods_cgroups() if machine_node_is_ours else []:
         leftovers += _cgroup_pids(cgroup)
     _signal_all(leftovers, signal.SIGKILL)
     _wait_gone(leftovers, 10, alive)
-    for cgroup in kubepods_cgroups():
+    for cgroup in kubepods_cgroups() if machine_node_is_ours else []:
         with contextlib.suppress(OSError):
             cgroup.rmdir()
 
@@ -719,14 +760,39 @@ def stop(
     for point in mounts_under(roots):
         subprocess.run(["umount", "-l", point], capture_output=True, check=False)
 
+
+
+def undo_host(state: dict[str, Any]) -> None:
+    """Undo what :func:`prepare_host` and the node changed on the machine.
+
+    Runs after every process is gone, the API server included: the guard table
+    keeps its port off other interfaces until then. Skipped when another live
+    cluster owns the real node (a stale state directory must not tear down a
+    node it does not own).
+    """
+    node = state.get("realnode")
+    if node is None:
+        return
+    state_dir = Path(state["state_dir"])
+    sockets = socket_dir(state_dir)
+    owner = _current_owner()
+    if owner is not None and owner != str(state_dir):
+        log(f"the real node belongs to {owner}: leaving the machine's network alone")
+        shutil.rmtree(sockets, ignore_errors=True)
+        return
+
     # 5. Network: veths left on the bridge, the bridge, our route and tables.
     for veth in veths_on_bridge():
         _run("ip", "link", "delete", veth, check=False)
     if bridge_exists():
         _run("ip", "link", "delete", netrule.BRIDGE, check=False)
+    # The guard's and kube-proxy's tables are ours by name; iptables-nft's are
+    # removed only when they did not exist before the node started.
     before = {tuple(t) for t in node.get("tables_before", [])}
+    present = nft_tables()
     for family, table in (GUARD_TABLE, *KUBE_PROXY_TABLES, *IPTABLES_TABLES):
-        if (family, table) not in before and (family, table) in nft_tables():
+        ours_by_name = (family, table) in (GUARD_TABLE, *KUBE_PROXY_TABLES)
+        if (family, table) in present and (ours_by_name or (family, table) not in before):
             _run("nft", "delete", "table", family, table, check=False)
 
     # 6. Kernel settings back as they were.
@@ -752,8 +818,13 @@ def stop(
             OWNER_FILE.unlink()
 
 
-def residue(state_dir: Path, sysctls_before: dict[str, str]) -> list[str]:
-    """What a stopped real node left on the machine (empty when nothing): for tests."""
+def residue(
+    state_dir: Path,
+    sysctls_before: dict[str, str],
+    tables_before: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset(),
+) -> list[str]:
+    """What a stopped real node left on the machine (empty when nothing): for tests.
+    ``tables_before``: nftables tables that existed before the cluster started."""
     found: list[str] = []
     roots = [state_dir, containerd_root(), socket_dir(state_dir), Path("/var/lib/kubelet")]
     found += [f"mount {m}" for m in mounts_under(roots)]
@@ -777,6 +848,24 @@ def residue(state_dir: Path, sysctls_before: dict[str, str]) -> list[str]:
     ]
     found += [f"cgroup {c}" for c in kubepods_cgroups()]
     found += [f"process {p}" for p in shim_pids(state_dir)]
-    if Path("/var/lib/kubelet").exists():
-        found.append("/var/lib/kubelet")
+    for path in (Path("/var/lib/kubelet"), RUN_CONTAINERD, OWNER_FILE, socket_dir(state_dir)):
+        if path.exists():
+            found.append(str(path))
+    tables = nft_tables()
+    found += [f"nftables table {f} {t}" for f, t in IPTABLES_TABLES if (f, t) in tables
+              and (f, t) not in tables_before]
     return found
+
+
+def container_pid(state: dict[str, Any], container_id: str) -> int:
+    """The host PID of a container's main process (``containerd://ID`` or ``ID``),
+    for fault tests that kill it from outside, as the kernel's OOM killer would."""
+    cid = container_id.split("://", 1)[-1]
+    out = _run(*crictl(state), "inspect", cid).stdout
+    pid = int(json.loads(out)["info"]["pid"])
+    if pid <= 1:
+        # An exited container reports pid 0: never hand that to kill(), which would
+        # signal the caller's whole process group.
+        raise ProcessLookupError(f"container {cid} has no running process (pid {pid})")
+    return pid
+

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -66,12 +66,16 @@ def kube(kubectl: Kubectl, namespace: str) -> Kubectl:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """``before_all`` tests run first (they stop and start clusters of their own);
-    ``after_all`` tests look at what the whole suite left behind: they run last."""
+    ``in_cluster_operator`` tests next, before any test starts the suite's operator
+    process (the chart's operator pods must be the only operator); ``after_all``
+    tests look at what the whole suite left behind: they run last."""
 
     def rank(item: pytest.Item) -> int:
         if item.get_closest_marker("before_all") is not None:
             return 0
-        return 2 if item.get_closest_marker("after_all") is not None else 1
+        if item.get_closest_marker("in_cluster_operator") is not None:
+            return 1
+        return 3 if item.get_closest_marker("after_all") is not None else 2
 
     items.sort(key=rank)
 
@@ -98,3 +102,28 @@ def operator(
     yield process
     code = process.stop()
     assert code == 0, f"operator exited {code} on SIGTERM:\n{process.log_tail()}"
+
+
+FIGURES = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def figure(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Record a measured figure (recovery time, failed requests...): printed in the
+    run's summary, so CI logs show what the fault suite and the real node measured."""
+
+    def record(text: str) -> None:
+        request.config.stash.setdefault(FIGURES, []).append(f"{request.node.name}: {text}")
+
+    return record
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
+) -> None:
+    lines = config.stash.get(FIGURES, [])
+    if lines:
+        terminalreporter.section("figures measured by the suite")
+        for line in lines:
+            terminalreporter.write_line(line)
+

@@ -29,9 +29,16 @@ REAL_PRODUCT = "NVIDIA-L4"
 
 
 @functools.cache
+def node_image(stem: str) -> str:
+    """The ref of one of the real node's images, present in its containerd."""
+    from hack import localcluster
+
+    return realnode.image_ref(realnode.node_images(localcluster._read_state()), stem)
+
+
 def triton_image() -> str:
-    """The local CPU Triton image's ref (built and imported at cluster-up)."""
-    return realnode.image_ref(realnode.build_images(), "tritonserver-cpu")
+    """The local CPU Triton image."""
+    return node_image("tritonserver-cpu")
 
 
 def real_md(name: str, uri: str, **spec: Any) -> dict[str, Any]:

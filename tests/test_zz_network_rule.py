@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from hack import netrule, realnode
+from hack import localcluster, netrule, realnode
 from hack.kubectl import Kubectl
 
 
@@ -52,7 +52,7 @@ def test_every_node_pod_and_service_address_is_loopback_or_harness(kubectl: Kube
 @pytest.mark.cluster
 @pytest.mark.after_all
 def test_the_guard_keeps_harness_ranges_on_the_bridge(kubectl: Kubectl) -> None:
-    """With a real node up, the guard table drops harness traffic on other interfaces."""
+    """With a real node up, the live guard table drops what must not leave or enter."""
     real = kubectl.items("nodes", "-l", "turnpike.dev/node-kind=real")
     if not real:
         pytest.skip("no real node in this cluster")
@@ -60,8 +60,18 @@ def test_the_guard_keeps_harness_ranges_on_the_bridge(kubectl: Kubectl) -> None:
     ruleset = subprocess.run(
         ["nft", "list", "table", family, table], capture_output=True, text=True, check=True
     ).stdout
+    bridge = netrule.BRIDGE
     for range_ in netrule.HARNESS_RANGES:
         assert range_ in ruleset
-    for chain in ("forward", "postrouting", "input"):
-        assert f"chain {chain}" in ruleset
-    assert f'oifname "{netrule.BRIDGE}" accept' in ruleset
+    for rule in (
+        f'iifname "{bridge}" oifname "{bridge}" accept',  # pod to pod
+        f'iifname "{bridge}" drop',  # forwarded off the bridge, any family, any source
+        f'oifname "{bridge}" drop',
+        "ct original ip saddr @harness drop",  # judged before NAT
+        f'iifname "{bridge}" udp dport 53 drop',  # no resolver for pods
+        "tcp dport @guarded_ports drop",
+    ):
+        assert rule in ruleset, f"guard rule missing: {rule}"
+    ports = localcluster._read_state()["ports"]
+    elements = ruleset.split("set guarded_ports", 1)[1].split("}", 2)[1]
+    assert str(ports["apiserver"]) in elements and str(ports["etcd"]) in elements

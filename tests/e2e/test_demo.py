@@ -31,14 +31,21 @@ def test_quick_demo_scales_up_and_down_on_real_triton_queues(tmp_path: Path) -> 
     if localcluster.running() is not None or localcluster._read_state():
         localcluster.down()
     env = {**os.environ, "TURNPIKE_CLUSTER_DIR": str(tmp_path / "cluster")}
-    result = subprocess.run(
-        [sys.executable, str(REPO / "hack" / "demo.py"), "--quick", f"--out={tmp_path}"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        env=env,
-    )
+    try:
+        result = subprocess.run(
+            [sys.executable, str(REPO / "hack" / "demo.py"), "--quick", f"--out={tmp_path}"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+            env=env,
+        )
+    finally:
+        # A demo killed by the timeout cannot stop its own cluster: the real node
+        # would then block the suite's.
+        if (tmp_path / "cluster").exists():
+            subprocess.run([sys.executable, str(REPO / "hack" / "localcluster.py"), "down"],
+                           env=env, capture_output=True, timeout=300, check=False)
     output = result.stdout[-4000:] + result.stderr[-4000:]
     assert result.returncode == 0, output
     summary = json.loads((tmp_path / "demo-summary.json").read_text())

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -117,57 +118,69 @@ def sleeper_pod(image: str, product: str) -> list[dict[str, object]]:
     bool(os.environ.get("KUBECONFIG")) and os.environ.get("TURNPIKE_LOCAL_CLUSTER") != "1",
     reason="uses the local cluster's binaries; KUBECONFIG points elsewhere",
 )
-def test_cluster_up_is_idempotent_and_cluster_down_leaves_nothing(tmp_path: Path) -> None:
+def test_cluster_up_is_idempotent_and_cluster_down_leaves_nothing(
+    tmp_path: Path, figure: Callable[[str], None]
+) -> None:
     if localcluster.running() is not None or localcluster._read_state():
         localcluster.down()  # the suite's fixture starts it again
     sysctls_before = realnode.read_sysctls()
     tables_before = realnode.nft_tables()
     state_dir = tmp_path / "cluster"
-    started = time.monotonic()
-    kubeconfig = run(state_dir, "up").stdout.strip()
-    first_up = time.monotonic() - started
-    status = json.loads(run(state_dir, "status").stdout)
-    assert status["running"] is True
-    pids: dict[str, int] = status["pids"]
-    ports: dict[str, int] = status["ports"]
-    state = json.loads((state_dir / "state.json").read_text())
-    assert set(pids) == set(localcluster.components(state))
-    assert {"kubelet", "containerd", "kube-proxy"} <= set(pids)
-    assert all(listening(p) for name, p in ports.items() if name not in ("etcd_peer", "kubelet"))
+    try:
+        started = time.monotonic()
+        kubeconfig = run(state_dir, "up").stdout.strip()
+        first_up = time.monotonic() - started
+        status = json.loads(run(state_dir, "status").stdout)
+        assert status["running"] is True
+        pids: dict[str, int] = status["pids"]
+        ports: dict[str, int] = status["ports"]
+        state = json.loads((state_dir / "state.json").read_text())
+        assert set(pids) == set(localcluster.components(state))
+        assert {"kubelet", "containerd", "kube-proxy"} <= set(pids)
+        serving = {n: p for n, p in ports.items() if n not in ("etcd_peer", "kubelet")}
+        assert all(listening(p) for p in serving.values())
 
-    started = time.monotonic()
-    again = run(state_dir, "up")
-    second_up = time.monotonic() - started
-    assert again.stdout.strip() == kubeconfig
-    assert "reusing the running cluster" in again.stderr
-    assert json.loads(run(state_dir, "status").stdout)["pids"] == pids, "second up restarted"
+        started = time.monotonic()
+        again = run(state_dir, "up")
+        second_up = time.monotonic() - started
+        assert again.stdout.strip() == kubeconfig
+        assert "reusing the running cluster" in again.stderr
+        assert json.loads(run(state_dir, "status").stdout)["pids"] == pids, "second up restarted"
 
-    kubectl = Kubectl(str(Path(state["bin"]) / "kubectl"), Path(kubeconfig))
-    pool = state["real_pool"]
-    image = realnode.image_ref(realnode.build_images(), "tritonserver-cpu")
-    kubectl.apply(*sleeper_pod(image, pool["product"]))
-    eventually(
-        "the real pod Running",
-        lambda: kubectl.get("pod", "lifecycle", "-n", "default")["status"].get("phase")
-        == "Running",
-        timeout=120,
-    )
-    assert realnode.veths_on_bridge(), "a running pod has a veth on the bridge"
-    assert realnode.mounts_under([state_dir]), "a running pod has mounts under the state dir"
+        kubectl = Kubectl(str(Path(state["bin"]) / "kubectl"), Path(kubeconfig))
+        pool = state["real_pool"]
+        image = realnode.image_ref(realnode.build_images(), "tritonserver-cpu")
+        kubectl.apply(*sleeper_pod(image, pool["product"]))
+        eventually(
+            "the real pod Running",
+            lambda: kubectl.get("pod", "lifecycle", "-n", "default")["status"].get("phase")
+            == "Running",
+            timeout=120,
+        )
+        assert realnode.veths_on_bridge(), "a running pod has a veth on the bridge"
+        assert realnode.mounts_under([state_dir]), "a running pod has mounts under the state dir"
 
-    started = time.monotonic()
-    run(state_dir, "down")
-    down_s = time.monotonic() - started
-    print(
-        f"\ncluster-up from stopped {first_up:.1f}s, reuse {second_up:.1f}s, "
-        f"down with a running pod {down_s:.1f}s"
-    )
-    assert not [name for name, pid in pids.items() if localcluster.process_alive(pid)]
-    assert not processes_mentioning(state_dir), "a process of the cluster is still running"
-    # A port may be taken again at once by an unrelated process on a busy machine;
-    # what must not happen is one of the cluster's processes still listening.
-    assert not [name for name, port in ports.items() if cluster_listens(port, state_dir)]
-    assert not state_dir.exists()
-    assert realnode.residue(state_dir, sysctls_before) == []
-    assert realnode.nft_tables() == tables_before
+        started = time.monotonic()
+        run(state_dir, "down")
+        down_s = time.monotonic() - started
+        figure(f"cluster-up from stopped {first_up:.1f}s, reuse {second_up:.1f}s, "
+            f"down with a running pod {down_s:.1f}s"
+        )
+        assert not [name for name, pid in pids.items() if localcluster.process_alive(pid)]
+        assert not processes_mentioning(state_dir), "a process of the cluster is still running"
+        # A port may be taken again at once by an unrelated process on a busy machine;
+        # what must not happen is one of the cluster's processes still listening.
+        assert not [name for name, port in ports.items() if cluster_listens(port, state_dir)]
+        assert not state_dir.exists()
+        assert realnode.residue(state_dir, sysctls_before, tables_before) == []
+        assert realnode.nft_tables() == tables_before
+    finally:
+        # A failure above must not leave a real node that the suite's cluster-up
+        # would then refuse to share the machine with.
+        if state_dir.exists():
+            subprocess.run(
+                [sys.executable, str(SCRIPT), "down"],
+                env={**os.environ, "TURNPIKE_CLUSTER_DIR": str(state_dir)},
+                capture_output=True, timeout=300, check=False,
+            )
     assert first_up < 60, f"warm cluster-up took {first_up:.1f}s (bound 60 s)"

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from hack.chart_operator import RESTRICTED
 from hack.kubectl import Kubectl, eventually
 from hack.operator_process import start_operator
 from tests.integration.test_chart import (
@@ -35,12 +36,6 @@ from tests.integration.test_chart import (
 
 pytestmark = pytest.mark.cluster
 
-RESTRICTED = {
-    "pod-security.kubernetes.io/enforce": "restricted",
-    "pod-security.kubernetes.io/enforce-version": "latest",
-    "pod-security.kubernetes.io/warn": "restricted",
-    "pod-security.kubernetes.io/warn-version": "latest",
-}
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,6 @@ from tests.realpods import (
     local_volume,
     model_server,
     real_md,
-    real_node_pods,
     realnode_pool_name,
     triton_image,
     wait_real_node_idle,
@@ -159,6 +159,28 @@ def test_the_kubelet_allocates_fake_gpus_and_frees_them(kubectl: Kubectl, kube: 
                lambda: phase(kube, "one-more") == "Running", timeout=120)
 
 
+def test_pods_have_no_route_off_the_bridge(kube: Kubectl) -> None:
+    """A pod can reach the harness range and nothing else: the kernel refuses the
+    rest before a packet is sent (TEST-NET-3 below is never routed anywhere)."""
+    kube.apply(sleeper("no-route", 1))
+    eventually("no-route Running", lambda: phase(kube, "no-route") == "Running", timeout=120)
+    probe = (
+        "import socket\n"
+        "s = socket.socket()\n"
+        "s.settimeout(3)\n"
+        "try:\n"
+        "    s.connect(('203.0.113.1', 80))\n"
+        "except OSError as e:\n"
+        "    print(e.errno, e.strerror)\n"
+    )
+    out = kube.run("exec", "no-route", "--", "python3", "-c", probe).stdout
+    assert "Network is unreachable" in out, out
+    routes = kube.run("exec", "no-route", "--", "cat", "/proc/net/route").stdout
+    table = [line.split() for line in routes.splitlines()[1:] if line.strip()]
+    # /proc/net/route columns: Iface Destination Gateway Flags RefCnt Use Metric Mask ...
+    assert not [r for r in table if r[1] == "00000000" and r[7] == "00000000"], routes
+
+
 def test_model_deployment_runs_from_exactly_the_rendered_spec(kube: Kubectl) -> None:
     """pvc:// on a local PersistentVolume; probes, Service, and the autoscaler's scrape."""
     local_volume(kube, "models")
@@ -238,7 +260,8 @@ def test_model_arrives_from_a_hub_endpoint_with_the_secrets_token(kube: Kubectl)
 
 
 def test_spec_change_rolls_real_pods_without_a_failed_request(
-    kubectl: Kubectl, kube: Kubectl
+    kubectl: Kubectl, kube: Kubectl,
+    figure: Callable[[str], None],
 ) -> None:
     wait_real_node_idle(kubectl)
     local_volume(kube, "models")
@@ -275,10 +298,8 @@ def test_spec_change_rolls_real_pods_without_a_failed_request(
                    timeout=30)
         load.stop()
     result = load.result()
-    print(
-        f"\nrollout of 2 real pods under load: {rollout_s:.1f}s, {result.sent} requests, "
+    figure(f"rollout of 2 real pods under load: {rollout_s:.1f}s, {result.sent} requests, "
         f"{result.ok} ok, {result.failed} failed"
     )
     assert result.sent > 100
     assert result.failed == 0, [p.errors for p in result.phases]
-    assert real_node_pods(kubectl)
