@@ -670,6 +670,12 @@ def up() -> Cluster:
             wait_for=wait_for,
         )
         started_components = components(state)
+    if pool is not None:
+        # Before the kubelet can run anything it is asked to.
+        _run(
+            cluster.kubectl(), f"--kubeconfig={kubeconfig}", "apply", "-f", "-",
+            stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": NO_HOST_NETWORK}),
+        )
     apply_nodes(cluster)
     if pool is not None:
         kubectl_argv = [cluster.kubectl(), f"--kubeconfig={kubeconfig}"]
@@ -711,6 +717,46 @@ def up() -> Cluster:
     )
     log(f"cluster up in {time.monotonic() - started:.1f}s; KUBECONFIG={kubeconfig}")
     return cluster
+
+
+# Pods sharing the host's network namespace would bypass the guard table's
+# per-interface rules: the local cluster refuses them.
+NO_HOST_NETWORK = [
+    {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": "turnpike-local-no-host-network"},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE", "UPDATE"],
+                        "resources": ["pods"],
+                    }
+                ]
+            },
+            "validations": [
+                {
+                    "expression": "!has(object.spec.hostNetwork) || !object.spec.hostNetwork",
+                    "message": "the local test cluster refuses hostNetwork pods: they would "
+                    "bypass the network guard of its real node (hack/netrule.py)",
+                }
+            ],
+        },
+    },
+    {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": "turnpike-local-no-host-network"},
+        "spec": {
+            "policyName": "turnpike-local-no-host-network",
+            "validationActions": ["Deny"],
+        },
+    },
+]
 
 
 def apply_nodes(cluster: Cluster) -> None:

@@ -77,7 +77,7 @@ OWNER_FILE = Path("/run/turnpike-realnode.owner")
 # containerd puts shim sockets and runc state here whatever its config says.
 RUN_CONTAINERD = Path("/run/containerd")
 
-GPU_TAINT = "nvidia.com/gpu=present:NoSchedule"
+REAL_NODE_TAINT = "turnpike.dev/real-node"
 
 
 def log(message: str) -> None:
@@ -413,7 +413,10 @@ def kubelet_config(state_dir: Path, pki: Path, ports: dict[str, int]) -> dict[st
         # No cluster DNS here, and pods must not ask the machine's resolver.
         "resolvConf": str(state_dir / "resolv.conf"),
         "registerWithTaints": [
-            {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+            {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"},
+            # Only the real node runs what lands on it, and nothing can be pulled:
+            # a GPU pod that names no product goes to the kwok pools when they fit.
+            {"key": REAL_NODE_TAINT, "value": "true", "effect": "PreferNoSchedule"},
         ],
         # Images cannot be pulled back once collected.
         "imageGCHighThresholdPercent": 100,
@@ -818,13 +821,21 @@ def undo_host(state: dict[str, Any]) -> None:
             OWNER_FILE.unlink()
 
 
+def machine_paths(state_dir: Path) -> set[str]:
+    """The paths outside the state directory that a real node creates, present now."""
+    paths = (Path("/var/lib/kubelet"), RUN_CONTAINERD, OWNER_FILE, socket_dir(state_dir))
+    return {str(p) for p in paths if p.exists()}
+
+
 def residue(
     state_dir: Path,
     sysctls_before: dict[str, str],
     tables_before: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset(),
+    paths_before: set[str] | frozenset[str] = frozenset(),
 ) -> list[str]:
     """What a stopped real node left on the machine (empty when nothing): for tests.
-    ``tables_before``: nftables tables that existed before the cluster started."""
+    ``tables_before`` and ``paths_before``: nftables tables and :func:`machine_paths`
+    that existed before the cluster started (they are not the cluster's to remove)."""
     found: list[str] = []
     roots = [state_dir, containerd_root(), socket_dir(state_dir), Path("/var/lib/kubelet")]
     found += [f"mount {m}" for m in mounts_under(roots)]
@@ -848,9 +859,7 @@ def residue(
     ]
     found += [f"cgroup {c}" for c in kubepods_cgroups()]
     found += [f"process {p}" for p in shim_pids(state_dir)]
-    for path in (Path("/var/lib/kubelet"), RUN_CONTAINERD, OWNER_FILE, socket_dir(state_dir)):
-        if path.exists():
-            found.append(str(path))
+    found += sorted(machine_paths(state_dir) - set(paths_before))
     tables = nft_tables()
     found += [f"nftables table {f} {t}" for f, t in IPTABLES_TABLES if (f, t) in tables
               and (f, t) not in tables_before]

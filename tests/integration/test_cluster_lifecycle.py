@@ -126,6 +126,7 @@ def test_cluster_up_is_idempotent_and_cluster_down_leaves_nothing(
     sysctls_before = realnode.read_sysctls()
     tables_before = realnode.nft_tables()
     state_dir = tmp_path / "cluster"
+    paths_before = realnode.machine_paths(state_dir)
     try:
         started = time.monotonic()
         kubeconfig = run(state_dir, "up").stdout.strip()
@@ -172,7 +173,7 @@ def test_cluster_up_is_idempotent_and_cluster_down_leaves_nothing(
         # what must not happen is one of the cluster's processes still listening.
         assert not [name for name, port in ports.items() if cluster_listens(port, state_dir)]
         assert not state_dir.exists()
-        assert realnode.residue(state_dir, sysctls_before, tables_before) == []
+        assert realnode.residue(state_dir, sysctls_before, tables_before, paths_before) == []
         assert realnode.nft_tables() == tables_before
     finally:
         # A failure above must not leave a real node that the suite's cluster-up

@@ -29,7 +29,12 @@ def small_md(name: str, **spec: Any) -> dict[str, Any]:
         "apiVersion": "turnpike.dev/v1alpha1",
         "kind": "ModelDeployment",
         "metadata": {"name": name},
-        "spec": {"model": {"uri": "s3://models/tiny", "backend": "python"}, **spec},
+        # A kwok pool's product: these pods are scheduled, never started.
+        "spec": {
+            "model": {"uri": "s3://models/tiny", "backend": "python"},
+            "gpu": {"product": H100},
+            **spec,
+        },
     }
     return body
 

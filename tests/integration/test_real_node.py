@@ -181,6 +181,22 @@ def test_pods_have_no_route_off_the_bridge(kube: Kubectl) -> None:
     assert not [r for r in table if r[1] == "00000000" and r[7] == "00000000"], routes
 
 
+def test_host_network_pods_are_refused(kube: Kubectl) -> None:
+    """They would share the host's interfaces and so bypass the guard's per-interface rules."""
+    pod = sleeper("host-net", 1)
+    pod["spec"]["hostNetwork"] = True
+
+    def refusal() -> str | None:
+        result = kube.run("create", "-f", "-", stdin=json.dumps(pod), check=False)
+        if result.returncode == 0:
+            kube.run("delete", "pod", "host-net", "--wait=false", check=False)
+            return None
+        return result.stderr
+
+    message = eventually("the hostNetwork pod refused", refusal, timeout=30)
+    assert "refuses hostNetwork pods" in message
+
+
 def test_model_deployment_runs_from_exactly_the_rendered_spec(kube: Kubectl) -> None:
     """pvc:// on a local PersistentVolume; probes, Service, and the autoscaler's scrape."""
     local_volume(kube, "models")

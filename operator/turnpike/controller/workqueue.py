@@ -96,7 +96,9 @@ class WorkQueue:
             except Exception:
                 failures = self._failures.get(key, 0) + 1
                 self._failures[key] = failures
-                delay = min(self._base_backoff * 2 ** (failures - 1), self._max_backoff)
+                # The exponent is capped: 2.0 ** 1024 overflows, and an OverflowError
+                # here would kill the worker after ~17 hours of one key failing.
+                delay = min(self._base_backoff * 2.0 ** min(failures - 1, 64), self._max_backoff)
                 log.exception(
                     "reconcile of %s/%s failed (attempt %d); retrying in %.1fs",
                     key[0],

@@ -1,0 +1,79 @@
+"""The API server is the judge: generated specs and their rendered children, server-side dry run.
+
+The pydantic models re-implement what the CRD's schema and CEL rules accept, and
+the renderer promises children the API server stores. Re-implementations drift,
+so this sends generated ModelDeployments (valid and invalid, from the hypothesis
+strategies of the unit suite) to the local API server with `--dry-run=server`:
+every body the models accept must be admitted and every body they refuse must
+be refused, and the Deployment, Service and PodDisruptionBudget rendered from
+each accepted body must pass the real validation (names, labels, quantities,
+resource names, sizes). Nothing is stored.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hack.kubectl import Kubectl
+from tests.unit.test_properties import bodies
+from turnpike.api.modeldeployment import ModelDeployment
+from turnpike.reconcile.children import desired_children
+from turnpike.reconcile.validation import parse_model_deployment
+
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("crds_installed")]
+BATCH = 30
+BATCHES = 3
+CREATED = re.compile(r"^(\S+)/(\S+) created \(server dry run\)$", re.MULTILINE)
+
+
+def dry_run(kube: Kubectl, objects: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """(kind, name) of every object the API server would create; errors are per object."""
+    doc = json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
+    result = kube.run("create", "--dry-run=server", "-f", "-", stdin=doc, check=False,
+                      timeout=120)
+    return {(kind.split(".", 1)[0], name) for kind, name in CREATED.findall(result.stdout)}
+
+
+@settings(
+    max_examples=BATCHES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                           HealthCheck.data_too_large],
+)
+@given(batch=st.lists(bodies(), min_size=BATCH, max_size=BATCH))
+def test_the_api_server_agrees_with_the_models_and_stores_every_rendered_child(
+    kube: Kubectl, batch: list[dict[str, Any]]
+) -> None:
+    unique: dict[str, dict[str, Any]] = {}
+    for body in batch:
+        body = {**body, "metadata": {"name": body["metadata"]["name"],
+                                     "namespace": kube.namespace}}
+        unique.setdefault(body["metadata"]["name"], body)
+    accepted: set[str] = set()
+    children: list[dict[str, Any]] = []
+    for name, body in unique.items():
+        parsed = parse_model_deployment({**body, "metadata": {**body["metadata"], "uid": "u"}})
+        if isinstance(parsed, ModelDeployment):
+            accepted.add(name)
+            children += [
+                {**c, "metadata": {**c["metadata"], "namespace": kube.namespace}}
+                for c in desired_children(parsed, 2, "00000000-0000-0000-0000-000000000000")
+            ]
+    admitted = {n for kind, n in dry_run(kube, list(unique.values()))
+                if kind == "modeldeployment"}
+    assert admitted == accepted, (
+        f"admitted, refused by the models: {sorted(admitted - accepted)}; "
+        f"refused, accepted by the models: {sorted(accepted - admitted)}"
+    )
+    if not children:
+        return
+    stored = dry_run(kube, children)
+    wanted = {(c["kind"].lower(), c["metadata"]["name"]) for c in children}
+    assert stored == wanted, f"refused children: {sorted(wanted - stored)}"
