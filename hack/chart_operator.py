@@ -15,15 +15,13 @@ leader. Used by the demo and the fault suite.
 from __future__ import annotations
 
 import subprocess
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from hack.kubectl import Kubectl, eventually
+from hack.operator_process import scrape
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "charts" / "turnpike"
@@ -101,16 +99,7 @@ class ChartOperator:
         pod = next((p for p in self.pods() if p["metadata"]["name"] == leader), None)
         if pod is None or not pod["status"].get("podIP"):
             raise OSError("no leader pod with an address")
-        url = f"http://{pod['status']['podIP']}:{METRICS_PORT}/metrics"
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with opener.open(url, timeout=5) as response:
-            text = response.read().decode()
-        samples: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-                samples[f"{sample.name}{{{labels}}}"] = sample.value
-        return samples
+        return scrape(f"http://{pod['status']['podIP']}:{METRICS_PORT}/metrics")
 
     def uninstall(self) -> None:
         subprocess.run(

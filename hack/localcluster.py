@@ -224,73 +224,31 @@ def _http_ok(
 
 
 def _make_pki(pki: Path) -> None:
-    """A private CA, the apiserver's serving certificate and the SA signing key."""
+    """A private CA, the apiserver's serving and kubelet-client certificates, the SA key."""
     pki.mkdir(parents=True, exist_ok=True)
     ossl = shutil.which("openssl") or "openssl"
-    _run(
-        ossl,
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "3650",
-        "-subj",
-        "/CN=turnpike-local-ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        cwd=pki,
-    )
-    _run(
-        ossl,
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "3650",
-        "-subj",
+
+    def certificate(name: str, subject: str, *extra: str) -> None:
+        """``name``.crt and ``name``.key; signed by the CA unless it is the CA."""
+        signer = [] if name == "ca" else ["-CA", "ca.crt", "-CAkey", "ca.key"]
+        _run(
+            ossl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
+            "-subj", subject, *signer, *extra,
+            "-keyout", f"{name}.key", "-out", f"{name}.crt",
+            cwd=pki,
+        )
+
+    certificate("ca", "/CN=turnpike-local-ca")
+    certificate(
+        "apiserver",
         "/CN=kube-apiserver",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
         "-addext",
         f"subjectAltName=IP:127.0.0.1,IP:{netrule.KUBERNETES_SERVICE_IP},IP:{netrule.NODE_IP},"
         "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,"
         "DNS:kubernetes.default.svc.cluster.local",
-        "-keyout",
-        "apiserver.key",
-        "-out",
-        "apiserver.crt",
-        cwd=pki,
     )
     # The API server's client certificate for kubelets (logs, exec, port-forward).
-    _run(
-        ossl,
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "3650",
-        "-subj",
-        "/O=system:masters/CN=kube-apiserver-kubelet-client",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-keyout",
-        "kubelet-client.key",
-        "-out",
-        "kubelet-client.crt",
-        cwd=pki,
-    )
+    certificate("kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client")
     _run(ossl, "genrsa", "-out", "sa.key", "2048", cwd=pki)
     _run(ossl, "rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
 
@@ -510,7 +468,7 @@ def up() -> Cluster:
     kubeconfig = STATE_DIR / "kubeconfig"
     server = f"https://127.0.0.1:{ports['apiserver']}"
     _write_kubeconfig(kubeconfig, server, pki / "ca.crt", token)
-    node_kubeconfigs = {}
+    node_kubeconfigs: dict[str, Path] = {}
     for name in ("kubelet", "kube-proxy"):
         if name in identities:
             node_kubeconfigs[name] = STATE_DIR / f"{name}.kubeconfig"
@@ -598,7 +556,7 @@ def up() -> Cluster:
         120,
         ("etcd", "kube-apiserver"),
     )
-    started_components = CONTROL_PLANE
+    started_components: tuple[str, ...] = CONTROL_PLANE
 
     log("starting kube-controller-manager, kube-scheduler and kwok")
     _start(

@@ -21,6 +21,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def scrape(url: str) -> dict[str, float]:
+    """A Prometheus text endpoint's samples as {'name{labels}': value}."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=5) as response:
+        text = response.read().decode()
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}"] = sample.value
+    return samples
+
+
 @dataclass
 class OperatorProcess:
     process: subprocess.Popen[bytes]
@@ -29,15 +42,7 @@ class OperatorProcess:
 
     def metrics(self) -> dict[str, float]:
         """Samples of the operator's /metrics as {'name{labels}': value}."""
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with opener.open(self.metrics_url, timeout=5) as response:
-            text = response.read().decode()
-        samples: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-                samples[f"{sample.name}{{{labels}}}"] = sample.value
-        return samples
+        return scrape(self.metrics_url)
 
     def total(self, name: str) -> float:
         return sum(v for k, v in self.metrics().items() if k.startswith(name + "{"))
