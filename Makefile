@@ -56,9 +56,10 @@ test: setup system-deps lint ## everything CI runs: lint, unit, integration and 
 	$(VENV)/bin/pytest -ra --durations=15 tests
 
 .PHONY: bench-reconcile
-bench-reconcile: setup ## create 100 and 1,000 ModelDeployments; print latency, RSS, CPU
+bench-reconcile: setup ## ModelDeployments at 100/1,000, then 100/1,000/5,000 with a CapacityTier + autoscaling; latency, RSS, CPU, tier cost
 	hack/build-cluster.sh >/dev/null
-	$(PY) bench/reconcile.py
+	$(PY) bench/reconcile.py --sizes 100,1000
+	$(PY) bench/reconcile.py --sizes 100,1000,5000 --tiers
 
 .PHONY: demo
 demo: setup system-deps ## the whole loop: local cluster, operator, real Triton pods, live autoscaling (≤ 5 min)

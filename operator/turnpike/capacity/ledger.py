@@ -311,6 +311,44 @@ def allowed_replicas(
     return result
 
 
+def held_by(tier: CapacityTier, consumer: Consumer) -> tuple[str, int]:
+    """The pool a consumer is charged in and the GPUs it holds there now: its share
+    of :func:`account`, which the operator's cache keeps summed per tier."""
+    held = gpus_held(consumer.current_replicas, consumer.gpus_per_replica, consumer.rolling)
+    return _pool_or_product(tier.spec.gpu_budget, consumer), held
+
+
+def allocate(tier: CapacityTier, others: Mapping[str, int], request: Consumer) -> Allocation:
+    """``request``'s allocation when every other consumer of the tier keeps what it
+    holds, given those holdings summed per pool (``others``).
+
+    This is :func:`allowed_replicas` for the one consumer being reconciled: the
+    others ask for nothing new in that evaluation (each asks in its own), so their
+    growth is zero and only their sum matters, which the cache keeps incrementally;
+    the cost is independent of the tier's size. One difference: a surge is granted
+    when the GPUs left after this grant fit one, without setting GPUs aside for
+    other consumers' future rollouts; a rollout in progress already holds its surge
+    (rule 5) and evaluations of a tier are serialized, so two surges are never
+    granted the same GPUs.
+    """
+    budget = tier.spec.gpu_budget
+    ledger = Ledger(budget)
+    for charged, gpus in others.items():
+        ledger.charge(charged, gpus)
+    kept = gpus_held(request.kept, request.gpus_per_replica, request.rolling)
+    ledger.charge(_pool_or_product(budget, request), kept)
+    pool = pool_for(budget, request.product)
+    admitted = bool(namespace_allowed(tier, request.namespace, request.namespace_labels))
+    headroom = ledger.headroom(pool) if pool is not None else 0
+    allocation = _decide(
+        request, pool, headroom, admitted=admitted, terminating=is_terminating(tier)
+    )
+    if request.rolling or allocation.max_replicas == 0 or allocation.pool is None:
+        return allocation
+    left = headroom - (allocation.gpus - kept)
+    return replace(allocation, can_surge=left >= MAX_SURGE * request.gpus_per_replica)
+
+
 def usage_of(tier: CapacityTier, allocations: Mapping[ConsumerKey, Allocation]) -> TierUsage:
     """The ledger after an evaluation: GPUs granted per pool."""
     ledger = Ledger(tier.spec.gpu_budget)

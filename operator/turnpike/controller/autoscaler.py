@@ -34,7 +34,7 @@ from turnpike.autoscale.sources import (
     new_session,
 )
 from turnpike.controller.metrics import Metrics
-from turnpike.kube import Kube
+from turnpike.kube import KubeAPI
 from turnpike.kube.resources import POD
 from turnpike.render import selector
 
@@ -100,7 +100,7 @@ class Tick:
 
 @dataclass
 class Autoscaler:
-    kube: Kube
+    kube: KubeAPI
     metrics: Metrics
     clock: Callable[[], float] = time.time
     metrics_port: int = 8002

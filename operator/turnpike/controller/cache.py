@@ -14,6 +14,10 @@ event is the truth, while an apply's response can arrive after newer events
 (kube-controller-manager marking the new Deployment ready) and would leave an
 old object behind with nothing left to correct it. A child the watch has not
 shown yet is applied again, which a server-side apply makes harmless.
+
+Every change of a ModelDeployment, its Deployment or a tier also updates the
+GPUs each consumer holds in its tier (:class:`TierAccounts`), so a capacity
+evaluation reads a sum instead of walking the fleet.
 """
 
 from __future__ import annotations
@@ -23,8 +27,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from turnpike.api.capacitytier import CapacityTier
 from turnpike.api.modeldeployment import ModelDeployment
-from turnpike.kube import ApiError, Kube
+from turnpike.capacity import held_by, resolve_tier
+from turnpike.capacity.accounts import Share, TierAccounts
+from turnpike.capacity.consumers import consumer
+from turnpike.kube import ApiError, KubeAPI
 from turnpike.kube.resources import (
     CAPACITY_TIER,
     DEPLOYMENT,
@@ -60,6 +68,51 @@ class Cache:
     # Parsed specs by resourceVersion: every tier evaluation reads all of a tier's
     # consumers, and parsing each one again would make a reconcile O(n) in pydantic.
     _parsed: dict[Key, tuple[str, ModelDeployment | None]] = field(default_factory=dict)
+    # The tier a ModelDeployment that names none belongs to (--default-tier).
+    default_tier: str | None = None
+    accounts: TierAccounts = field(default_factory=TierAccounts)
+    _tiers_parsed: list[CapacityTier] = field(default_factory=list)
+    # Children by the ModelDeployment that controls them, for the delete path.
+    _owned: dict[Key, set[ChildKey]] = field(default_factory=dict)
+    _owner_of: dict[ChildKey, Key] = field(default_factory=dict)
+
+    def parsed_tiers(self) -> list[CapacityTier]:
+        """Every valid tier (admission refuses invalid ones; a stale one is skipped)."""
+        return list(self._tiers_parsed)
+
+    def owned_children(self, key: Key) -> list[dict[str, Any]]:
+        """Every cached child whose controller is the ModelDeployment ``key``."""
+        return [self.children[c] for c in sorted(self._owned.get(key, ())) if c in self.children]
+
+    def _share(self, key: Key) -> Share | None:
+        body = self.models.get(key)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return None
+        md = self.parsed_model(key)
+        if md is None:
+            return None
+        tier = resolve_tier(md.spec.tier or self.default_tier, self._tiers_parsed).tier
+        if tier is None:
+            return None
+        created = str(body["metadata"].get("creationTimestamp", "1970-01-01T00:00:00Z"))
+        pool, gpus = held_by(tier, consumer(md, created, self.deployments.get(key)))
+        return Share(tier.name, pool, gpus)
+
+    def _reaccount(self, key: Key) -> None:
+        self.accounts.record(key, self._share(key))
+
+    def reaccount_all(self) -> None:
+        """A tier changed (budget, pools, default): every share may move."""
+        parsed = []
+        for body in self.tiers.values():
+            try:
+                parsed.append(CapacityTier.from_k8s(body))
+            except ValidationError:
+                continue
+        self._tiers_parsed = parsed
+        self.accounts = TierAccounts()
+        for key in self.models:
+            self._reaccount(key)
 
     def parsed_model(self, key: Key) -> ModelDeployment | None:
         """The cached object as a ModelDeployment, or None when it is invalid."""
@@ -76,7 +129,7 @@ class Cache:
             self._parsed[key] = hit
         return hit[1]
 
-    async def prime(self, kube: Kube, namespaces: tuple[str, ...] = ()) -> None:
+    async def prime(self, kube: KubeAPI, namespaces: tuple[str, ...] = ()) -> None:
         """One LIST per kind (per watched namespace when the operator is scoped)."""
         scopes: tuple[str | None, ...] = namespaces or (None,)
         selector = f"{LABEL_MANAGED_BY}={MANAGER}"
@@ -104,15 +157,26 @@ class Cache:
             self._own_writes.pop(key, None)
         else:
             self.models[key] = body
+        self._reaccount(key)
 
     def child_seen(self, event: str, body: dict[str, Any]) -> None:
         """A Deployment, Service or PodDisruptionBudget Turnpike manages."""
         metadata = body["metadata"]
         key = (body["kind"], metadata["namespace"], metadata["name"])
+        previous_owner = self._owner_of.pop(key, None)
+        if previous_owner is not None:  # an owner reference can change
+            owned = self._owned.get(previous_owner, set())
+            owned.discard(key)
+            if not owned:
+                self._owned.pop(previous_owner, None)
         if event == "DELETED":
             self.children.pop(key, None)
         else:
             self.children[key] = body
+            owner = owner_key(body)
+            if owner is not None:
+                self._owner_of[key] = owner
+                self._owned.setdefault(owner, set()).add(key)
         if body["kind"] == "Deployment":
             self.deployment_seen(event, body)
 
@@ -135,18 +199,25 @@ class Cache:
         if key is None:
             return
         if event == "DELETED":
-            self.deployments.pop(key, None)
-            return
-        known = self.deployments.get(key)
-        if known is None or not older(body, known):
-            self.deployments[key] = body
+            known = self.deployments.get(key)
+            if known is not None and known["metadata"]["name"] == body["metadata"]["name"]:
+                self.deployments.pop(key, None)
+        else:
+            known = self.deployments.get(key)
+            if known is None or not older(body, known):
+                self.deployments[key] = body
+        self._reaccount(key)
 
     def tier_seen(self, event: str, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
         if event == "DELETED":
             self.tiers.pop(name, None)
         else:
+            known = self.tiers.get(name)
+            if known is not None and (same_version(known, body) or older(body, known)):
+                return  # nothing new (a resync, or the reconciler's own read)
             self.tiers[name] = body
+        self.reaccount_all()
 
 
 def older(candidate: dict[str, Any], known: dict[str, Any]) -> bool:
@@ -158,6 +229,11 @@ def older(candidate: dict[str, Any], known: dict[str, Any]) -> bool:
     a = str(candidate["metadata"].get("resourceVersion", ""))
     b = str(known["metadata"].get("resourceVersion", ""))
     return a.isdigit() and b.isdigit() and int(a) < int(b)
+
+
+def same_version(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    version = a["metadata"].get("resourceVersion")
+    return version is not None and version == b["metadata"].get("resourceVersion")
 
 
 def _typed(body: dict[str, Any], resource: Resource) -> dict[str, Any]:

@@ -12,30 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
-
 from turnpike.api.capacitytier import CapacityTier
 from turnpike.api.modeldeployment import ModelDeployment
-from turnpike.capacity import Allocation, allowed_replicas, priority_class_name, resolve_tier
+from turnpike.capacity import Allocation, Consumer, priority_class_name, resolve_tier
+from turnpike.capacity import allocate as allocate_one
 from turnpike.capacity.consumers import consumer, consumers_of
 from turnpike.controller.cache import Cache
-from turnpike.kube import Kube
+from turnpike.controller.metrics import Metrics
+from turnpike.kube import KubeAPI
 from turnpike.kube.resources import NAMESPACE
+from turnpike.reconcile.plan import Placement
 from turnpike.status.conditions import Problem
-
-
-@dataclass(frozen=True)
-class Placement:
-    """What the tier adds to the pods: priority and, for dedicated pools, where."""
-
-    tier: str
-    priority_class: str
-    node_selector: dict[str, str]
-    tolerations: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -68,16 +60,12 @@ class Verdict:
 
 
 def parsed_tiers(cache: Cache) -> list[CapacityTier]:
-    tiers = []
-    for body in cache.tiers.values():
-        try:
-            tiers.append(CapacityTier.from_k8s(body))
-        except ValidationError:
-            continue  # admission refuses these; a stale one must not stop the others
-    return tiers
+    return cache.parsed_tiers()
 
 
 def cached_models(cache: Cache) -> list[tuple[ModelDeployment, str, dict[str, Any] | None]]:
+    """Every live, valid ModelDeployment with its creation time and Deployment: the
+    whole fleet, for the tier reconciler's status (never on a reconcile's path)."""
     out = []
     for key, body in cache.models.items():
         if body["metadata"].get("deletionTimestamp"):
@@ -96,16 +84,33 @@ def cached_models(cache: Cache) -> list[tuple[ModelDeployment, str, dict[str, An
 
 
 class CapacityGate:
-    def __init__(self, kube: Kube, cache: Cache, default_tier: str | None = None) -> None:
+    def __init__(
+        self,
+        kube: KubeAPI,
+        cache: Cache,
+        default_tier: str | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.kube = kube
         self.cache = cache
-        self.default_tier = default_tier
+        self.metrics = metrics
         self._locks: dict[str, asyncio.Lock] = {}
+        if default_tier != cache.default_tier:
+            cache.default_tier = default_tier
+            cache.reaccount_all()
+
+    @property
+    def default_tier(self) -> str | None:
+        return self.cache.default_tier
 
     @contextlib.asynccontextmanager
     async def evaluate(self, body: dict[str, Any], md: ModelDeployment) -> AsyncIterator[Verdict]:
-        """Yields the verdict while holding the tier's lock; apply inside the block."""
-        tiers = parsed_tiers(self.cache)
+        """Yields the verdict while holding the tier's lock; apply inside the block.
+
+        The cost does not depend on the fleet: the other consumers enter only as
+        the GPUs per pool they hold, which the cache keeps summed per tier.
+        """
+        tiers = self.cache.parsed_tiers()
         if not tiers:
             yield Verdict(None, None)  # no tiers defined: accounting is off
             return
@@ -119,34 +124,37 @@ class CapacityGate:
             return
         lock = self._locks.setdefault(tier.name, asyncio.Lock())
         async with lock:
-            labels = await self._namespace_labels(tier)
             key = (body["metadata"]["namespace"], body["metadata"]["name"])
-            others = [
-                c
-                for c in consumers_of(
-                    tier, tiers, cached_models(self.cache), self.default_tier, labels
-                )
-                if (c.namespace, c.name) != key
-            ]
+            labels = await self._namespace_labels(tier, key[0])
+            spent = 0.0
+            started = time.process_time()
+            others = self.cache.accounts.held_by_others(tier.name, key)
             created = str(body["metadata"].get("creationTimestamp", "1970-01-01T00:00:00Z"))
             deployment = self.cache.deployments.get(key)
+            spent += time.process_time() - started
 
             def allocate(desired: int) -> Allocation:
-                mine = consumer(md, created, deployment, desired, labels.get(key[0]))
-                return allowed_replicas(tier, [*others, mine])[mine.key]
+                nonlocal spent
+                began = time.process_time()
+                mine = consumer(md, created, deployment, desired, labels)
+                result = allocate_one(tier, others, mine)
+                spent += time.process_time() - began
+                return result
 
-            yield Verdict(tier, None, allocate)
+            try:
+                yield Verdict(tier, None, allocate)
+            finally:
+                if self.metrics is not None:
+                    self.metrics.capacity_evaluation_seconds.labels(tier.name).observe(spent)
 
-    def consumers_of(self, tier: CapacityTier) -> list[Any]:
-        tiers = parsed_tiers(self.cache)
+    def consumers_of(self, tier: CapacityTier) -> list[Consumer]:
+        tiers = self.cache.parsed_tiers()
         return consumers_of(tier, tiers, cached_models(self.cache), self.default_tier)
 
-    async def _namespace_labels(self, tier: CapacityTier) -> dict[str, dict[str, str]]:
-        """Labels only matter to tiers that select namespaces by label."""
+    async def _namespace_labels(self, tier: CapacityTier, namespace: str) -> dict[str, str] | None:
+        """The labels of the consumer's namespace, for tiers that select namespaces by
+        label (only the consumer's own: the others ask for nothing new here)."""
         if tier.spec.namespace_selector is None:
-            return {}
-        labels: dict[str, dict[str, str]] = {}
-        for namespace in {ns for ns, _ in self.cache.models}:
-            obj = await self.kube.get(NAMESPACE, None, namespace)
-            labels[namespace] = dict((obj or {}).get("metadata", {}).get("labels") or {})
-        return labels
+            return None
+        obj = await self.kube.get(NAMESPACE, None, namespace)
+        return dict((obj or {}).get("metadata", {}).get("labels") or {})

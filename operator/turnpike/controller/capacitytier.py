@@ -21,7 +21,7 @@ from turnpike.capacity import (
 from turnpike.capacity.consumers import in_use_by_pool
 from turnpike.controller.capacity import CapacityGate, parsed_tiers
 from turnpike.controller.metrics import Metrics
-from turnpike.kube import Kube
+from turnpike.kube import KubeAPI
 from turnpike.kube.resources import CAPACITY_TIER, PRIORITY_CLASS
 from turnpike.reconcile.diff import needs_apply, with_hash
 
@@ -34,7 +34,7 @@ def utcnow() -> datetime:
 
 @dataclass
 class CapacityTierReconciler:
-    kube: Kube
+    kube: KubeAPI
     gate: CapacityGate
     metrics: Metrics
     resync_seconds: float = 60.0
@@ -89,13 +89,7 @@ class CapacityTierReconciler:
                 "resourceVersion": body["metadata"]["resourceVersion"],
             }
         }
-        result: dict[str, Any] = await self.kube.request(
-            "PATCH",
-            CAPACITY_TIER.path(None, body["metadata"]["name"]),
-            body=patch,
-            content_type="application/merge-patch+json",
-        )
-        return result
+        return await self.kube.patch(CAPACITY_TIER, None, body["metadata"]["name"], patch)
 
     async def _priority_class(self, tier: CapacityTier, body: dict[str, Any]) -> None:
         wanted = render_priority_class(tier)

@@ -7,7 +7,7 @@ import secrets
 from datetime import datetime
 from typing import Any
 
-from turnpike.kube import ApiError, Kube
+from turnpike.kube import ApiError, KubeAPI
 
 log = logging.getLogger(__name__)
 COMPONENT = "turnpike"
@@ -45,7 +45,7 @@ def event_for(
 
 
 async def post_event(
-    kube: Kube, obj: dict[str, Any], type_: str, reason: str, message: str, now: datetime
+    kube: KubeAPI, obj: dict[str, Any], type_: str, reason: str, message: str, now: datetime
 ) -> None:
     """Events are best effort: losing one must never fail a reconcile."""
     metadata = obj["metadata"]

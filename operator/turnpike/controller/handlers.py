@@ -30,10 +30,18 @@ def _body(event: kopf.RawEvent) -> dict[str, Any]:
     return cast(dict[str, Any], event["object"])
 
 
+def tier_version(body: dict[str, Any]) -> tuple[str, str]:
+    """What deployments may run depends on a tier's spec (its generation) and on
+    whether it is being deleted, never on its status."""
+    metadata = body.get("metadata", {})
+    return str(metadata.get("generation")), str(metadata.get("deletionTimestamp"))
+
+
 def build_registry(
-    kube: Kube, models: WorkQueue, tiers: WorkQueue, cache: Cache
+    kube: Kube, models: WorkQueue, tiers: WorkQueue | None, cache: Cache
 ) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
+    tier_versions: dict[str, tuple[str, str]] = {}
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -59,16 +67,30 @@ def build_registry(
         cache.model_seen(type or "ADDED", body)
         if type == "DELETED":
             models.forget((namespace, name))
-            for tier in cache.tiers:  # its GPUs are free again
-                tiers.add(("", tier))
+            if tiers is not None:
+                for tier in cache.tiers:  # its GPUs are free again
+                    tiers.add(("", tier))
         elif not own_write:  # our own status patch coming back tells nothing new
             models.add((namespace, name))
 
     @kopf.on.event(GROUP, VERSION, "capacitytiers", registry=registry)
     def capacity_tier_event(type: str, event: kopf.RawEvent, name: str, **_: Any) -> None:
-        cache.tier_seen(type or "ADDED", _body(event))
-        tiers.add(("", name))
-        # A new budget, class or default changes what every deployment may run.
+        body = _body(event)
+        cache.tier_seen(type or "ADDED", body)
+        if tiers is not None:  # None: a namespace-scoped operator leaves tiers alone
+            tiers.add(("", name))
+        # A new budget, class or default changes what every deployment may run; a
+        # status write (the tier reconciler's, after any grant moved) changes nothing,
+        # and requeueing the fleet on each would make a fleet's scale-up quadratic.
+        # (Compared with the last event, not the cache: the tier reconciler also
+        # writes fresher reads into the cache.)
+        version = tier_version(body)
+        if type == "DELETED":
+            tier_versions.pop(name, None)
+        elif tier_versions.get(name) == version:
+            return
+        else:
+            tier_versions[name] = version
         for key in list(cache.models):
             models.add(key)
 

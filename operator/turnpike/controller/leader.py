@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from turnpike.kube import ApiError, Kube
+from turnpike.kube import ApiError, KubeAPI
 from turnpike.kube.resources import LEASE
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def held_lease(
 
 @dataclass
 class LeaderElector:
-    kube: Kube
+    kube: KubeAPI
     name: str
     namespace: str
     identity: str

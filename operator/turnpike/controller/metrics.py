@@ -72,6 +72,14 @@ class Metrics:
             ["direction"],
             registry=self.registry,
         )
+        self.capacity_evaluation_seconds = Histogram(
+            "turnpike_capacity_evaluation_seconds",
+            "CPU time of one capacity evaluation under its tier's lock (reading the "
+            "tier's sums and allocating), excluding the wait for the lock and the applies.",
+            ["tier"],
+            buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25),
+            registry=self.registry,
+        )
         self.leader = Gauge(
             "turnpike_leader",
             "1 while this replica holds the leader lease.",

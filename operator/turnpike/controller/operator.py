@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -36,6 +38,10 @@ def kopf_settings() -> kopf.OperatorSettings:
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
     return settings
+
+
+def queue_tier(queue: WorkQueue, tier: str) -> None:
+    queue.add(("", tier))
 
 
 async def run(settings: Settings) -> int:
@@ -80,9 +86,15 @@ async def run(settings: Settings) -> int:
         await cache.prime(kube, settings.namespaces)
         gate = CapacityGate(kube, cache, settings.default_tier)
         autoscaler = Autoscaler(kube, metrics, metrics_port=settings.triton_metrics_port)
-        tier_queue = WorkQueue(
-            CapacityTierReconciler(kube, gate, metrics, settings.resync_seconds), workers=1
-        )
+        # A CapacityTier's status, PriorityClass and finalizer depend on every consumer
+        # in the cluster: an operator scoped to some namespaces sees only its own and
+        # would fight the cluster-wide operator over them, so it leaves tiers alone.
+        on_tier_change: Callable[[str], None] | None = None
+        if not settings.namespaces:
+            tier_queue = WorkQueue(
+                CapacityTierReconciler(kube, gate, metrics, settings.resync_seconds), workers=1
+            )
+            on_tier_change = functools.partial(queue_tier, tier_queue)
         queue = WorkQueue(
             ModelDeploymentReconciler(
                 kube,
@@ -91,12 +103,13 @@ async def run(settings: Settings) -> int:
                 autoscaler,
                 gate=gate,
                 cache=cache,
-                on_tier_change=lambda tier: tier_queue.add(("", tier)),
+                on_tier_change=on_tier_change,
             ),
             workers=settings.workers,
         )
         queue.start()
-        tier_queue.start()
+        if tier_queue is not None:
+            tier_queue.start()
         kopf_stop = asyncio.Event()
         kopf_ready = asyncio.Event()
         kopf_task = asyncio.create_task(

@@ -238,6 +238,19 @@ class Kube:
         )
         return result
 
+    async def patch(
+        self, resource: Resource, namespace: str | None, name: str, patch: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A JSON merge patch (metadata.resourceVersion in it makes it conditional)."""
+        result: dict[str, Any] = await self.request(
+            "PATCH",
+            resource.path(namespace, name),
+            query={"fieldManager": FIELD_MANAGER},
+            body=patch,
+            content_type="application/merge-patch+json",
+        )
+        return result
+
     async def patch_status(
         self, resource: Resource, namespace: str | None, name: str, status: dict[str, Any]
     ) -> dict[str, Any]:
