@@ -257,12 +257,6 @@ def test_missing_secret_degrades_without_crashing(kube: Kubectl, operator: Opera
     assert operator.process.poll() is None
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="intermittent since 2026-12-02 (1 of 3 fresh-clone runs): the namespace-scoped second "
-    "operator PATCHes cluster-scoped PriorityClasses and CapacityTier status that the suite's "
-    "operator also writes; open in issue 11",
-)
 def test_a_reconcile_that_changes_nothing_writes_nothing(
     kube: Kubectl, cluster: Cluster, tmp_path: Path
 ) -> None:

@@ -168,12 +168,14 @@ def test_spot_checks(kubectl: Kubectl, release: Release) -> None:
     assert not can_i(kubectl, release, "update", "leases/someone-else", ns)
     assert not can_i(kubectl, release, "create", "leases", "--namespace=default")
     assert can_i(kubectl, release, "patch", "deployments.apps", "--namespace=default")
-    assert not can_i(kubectl, release, "delete", "deployments.apps", "--namespace=default")
+    assert can_i(kubectl, release, "delete", "deployments.apps", "--namespace=default")
+    assert not can_i(kubectl, release, "update", "deployments.apps", "--namespace=default")
     assert can_i(kubectl, release, "get", "secrets/hf-token", "--namespace=default")
     assert not can_i(kubectl, release, "list", "secrets", "--namespace=default")
     assert can_i(kubectl, release, "list", "pods", "--namespace=default")
     assert not can_i(kubectl, release, "get", "pods/some-pod", "--namespace=default")
-    assert not can_i(kubectl, release, "watch", "pods", "--namespace=default")
+    assert can_i(kubectl, release, "watch", "pods", "--namespace=default")
+    assert not can_i(kubectl, release, "delete", "pods", "--namespace=default")
     assert not can_i(kubectl, release, "list", "customresourcedefinitions.apiextensions.k8s.io")
     assert can_i(
         kubectl,

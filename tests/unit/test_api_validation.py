@@ -567,3 +567,19 @@ def test_secret_keys_are_configmap_keys() -> None:
 def test_image_without_whitespace() -> None:
     with pytest.raises(ValidationError):
         Runtime.model_validate({"image": "nvcr.io/triton:25.10 "})
+
+
+@pytest.mark.parametrize(
+    ("key", "ok"),
+    [("token", True), (".env", True), ("a..b", True), ("a.", True),
+     (".", False), ("..", False), ("..data", False), ("a/b", False)],
+)
+def test_secret_keys_are_the_file_names_kubernetes_accepts(key: str, ok: bool) -> None:
+    """Found by the dry-run conformance test: the API server refused a Deployment
+    whose env used secretKeyRef.key "." (IsConfigMapKey), which admission let through."""
+    env = {"name": "A", "secretKeyRef": {"name": "creds", "key": key}}
+    if ok:
+        assert EnvVar.model_validate(env).secret_key_ref is not None
+    else:
+        with pytest.raises(ValidationError):
+            EnvVar.model_validate(env)

@@ -191,10 +191,13 @@ class GPU(ApiModel):
 
 class SecretKeySelector(ApiModel):
     name: DNSSubdomain = Field(description="Name of the Secret.")
+    # The kubelet mounts keys as file names, so Kubernetes refuses '.', '..' and a
+    # leading '..' (IsConfigMapKey); RE2 has no lookahead, hence two branches.
     key: str = Field(
-        pattern=r"^[-._a-zA-Z0-9]+$",
+        pattern=r"^([-_a-zA-Z0-9][-._a-zA-Z0-9]*|\.[-_a-zA-Z0-9][-._a-zA-Z0-9]*)$",
         max_length=253,
-        description="Key within the Secret (letters, digits, '-', '_' and '.').",
+        description="Key within the Secret (letters, digits, '-', '_' and '.'; not '.' or "
+        "'..', and not starting with '..').",
     )
 
 

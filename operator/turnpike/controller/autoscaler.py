@@ -33,6 +33,7 @@ from turnpike.autoscale.sources import (
     PrometheusSource,
     new_session,
 )
+from turnpike.controller.cache import Cache
 from turnpike.controller.metrics import Metrics
 from turnpike.kube import KubeAPI
 from turnpike.kube.resources import POD
@@ -104,6 +105,8 @@ class Autoscaler:
     metrics: Metrics
     clock: Callable[[], float] = time.time
     metrics_port: int = 8002
+    # Pods from the watch (see controller/podwatch.py) instead of a LIST per tick.
+    cache: Cache | None = None
     _session: aiohttp.ClientSession | None = None
     _states: dict[Key, _State] = field(default_factory=dict)
 
@@ -159,7 +162,10 @@ class Autoscaler:
             held = replace(state.last.decision, current=state.last.decision.replicas)
             tick = Tick(held, state.last.ready, state.last.starting, flush=False)
             return Reading(time=state.last_at, held=tick)
-        pods = await self.kube.list(POD, key[0], label_selector=selector(md))
+        if self.cache is not None and self.cache.pods_synced:
+            pods = self.cache.pods_of(*key)
+        else:
+            pods = await self.kube.list(POD, key[0], label_selector=selector(md))
         targets, starting = split_pods(pods)
         observation = await state.source.sample(targets) if targets else None
         return Reading(self.clock(), pods, len(targets), starting, observation)

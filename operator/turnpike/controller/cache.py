@@ -41,7 +41,8 @@ from turnpike.kube.resources import (
     SERVICE,
     Resource,
 )
-from turnpike.render.labels import LABEL_MANAGED_BY, MANAGER
+from turnpike.render.labels import LABEL_MANAGED_BY, LABEL_MODEL_DEPLOYMENT, MANAGER
+from turnpike.render.names import child_name, label_value
 
 Key = tuple[str, str]
 ChildKey = tuple[str, str, str]  # kind, namespace, name
@@ -75,6 +76,50 @@ class Cache:
     # Children by the ModelDeployment that controls them, for the delete path.
     _owned: dict[Key, set[ChildKey]] = field(default_factory=dict)
     _owner_of: dict[ChildKey, Key] = field(default_factory=dict)
+    # Pods by namespace and the ModelDeployment label, trimmed to what the
+    # autoscaler and status read; fed by PodReflector once pods_synced is set.
+    _pods: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    _pod_group: dict[Key, Key] = field(default_factory=dict)  # (ns, pod) -> group
+    # Namespaces (None: all) whose pod LIST has not landed yet.
+    _pod_scopes: set[str | None] | None = None
+
+    def expect_pods(self, scopes: tuple[str | None, ...]) -> None:
+        """Pods will come from reflectors of these scopes (see PodReflector)."""
+        self._pod_scopes = set(scopes)
+
+    @property
+    def pods_synced(self) -> bool:
+        return self._pod_scopes is not None and not self._pod_scopes
+
+    def pod_seen(self, event: str, body: dict[str, Any]) -> None:
+        metadata = body["metadata"]
+        pod_key = (metadata["namespace"], metadata["name"])
+        old_group = self._pod_group.pop(pod_key, None)
+        if old_group is not None:
+            members = self._pods.get(old_group, {})
+            members.pop(metadata["name"], None)
+            if not members:
+                self._pods.pop(old_group, None)
+        group_label = (metadata.get("labels") or {}).get(LABEL_MODEL_DEPLOYMENT)
+        if event == "DELETED" or group_label is None:
+            return
+        group = (metadata["namespace"], group_label)
+        self._pod_group[pod_key] = group
+        self._pods.setdefault(group, {})[metadata["name"]] = trimmed_pod(body)
+
+    def replace_pods(self, bodies: list[dict[str, Any]], namespace: str | None = None) -> None:
+        """A fresh LIST of ``namespace`` (None: all): forget its pods and take these."""
+        for pod_key in [k for k in self._pod_group if namespace in (None, k[0])]:
+            self.pod_seen("DELETED", {"metadata": {"namespace": pod_key[0], "name": pod_key[1]}})
+        for body in bodies:
+            self.pod_seen("ADDED", body)
+        if self._pod_scopes is not None:
+            self._pod_scopes.discard(namespace)
+
+    def pods_of(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        """The pods of ModelDeployment ``name`` (its selector's label), by name."""
+        members = self._pods.get((namespace, label_value(name)), {})
+        return [members[n] for n in sorted(members)]
 
     def parsed_tiers(self) -> list[CapacityTier]:
         """Every valid tier (admission refuses invalid ones; a stale one is skipped)."""
@@ -204,6 +249,13 @@ class Cache:
                 self.deployments.pop(key, None)
         else:
             known = self.deployments.get(key)
+            current_name = child_name(key[1])
+            if (
+                known is not None
+                and known["metadata"]["name"] == current_name
+                and body["metadata"]["name"] != current_name
+            ):
+                return  # a child left by an older version's naming, about to be deleted
             if known is None or not older(body, known):
                 self.deployments[key] = body
         self._reaccount(key)
@@ -229,6 +281,23 @@ def older(candidate: dict[str, Any], known: dict[str, Any]) -> bool:
     a = str(candidate["metadata"].get("resourceVersion", ""))
     b = str(known["metadata"].get("resourceVersion", ""))
     return a.isdigit() and b.isdigit() and int(a) < int(b)
+
+
+def trimmed_pod(body: dict[str, Any]) -> dict[str, Any]:
+    """What the autoscaler (readiness, IP, phase) and status (scheduler conditions)
+    read of a pod: a few hundred bytes kept instead of the whole object."""
+    metadata, status = body["metadata"], body.get("status") or {}
+    kept_metadata = {
+        k: metadata[k]
+        for k in ("name", "namespace", "labels", "deletionTimestamp", "resourceVersion")
+        if k in metadata
+    }
+    kept_status = {k: status[k] for k in ("phase", "podIP") if k in status}
+    kept_status["conditions"] = [
+        {k: c[k] for k in ("type", "status", "reason", "message") if k in c}
+        for c in status.get("conditions") or []
+    ]
+    return {"metadata": kept_metadata, "status": kept_status}
 
 
 def same_version(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -145,7 +145,10 @@ class ModelDeploymentReconciler:
             pods = tick.pods if tick is not None else None
             live_deployment = next((c for c in children if c["kind"] == "Deployment"), None)
             if pods is None and needs_pods(live_deployment):
-                pods = await self.kube.list(POD, namespace, label_selector=selector(md))
+                if self.cache is not None and self.cache.pods_synced:
+                    pods = self.cache.pods_of(namespace, name)
+                else:
+                    pods = await self.kube.list(POD, namespace, label_selector=selector(md))
             result = plan(
                 Observed(
                     body,

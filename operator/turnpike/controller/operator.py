@@ -21,6 +21,7 @@ from turnpike.controller.leader import LeaderElector
 from turnpike.controller.logs import configure
 from turnpike.controller.metrics import Metrics
 from turnpike.controller.modeldeployment import ModelDeploymentReconciler
+from turnpike.controller.podwatch import PodReflector
 from turnpike.controller.server import start_http
 from turnpike.controller.settings import Settings
 from turnpike.controller.workqueue import WorkQueue
@@ -78,6 +79,7 @@ async def run(settings: Settings) -> int:
     tier_queue: WorkQueue | None = None
     autoscaler: Autoscaler | None = None
     lost_leadership = False
+    reflectors: list[asyncio.Task[None]] = []
     try:
         if elector is not None and not await elector.acquire(stop):
             return 0
@@ -85,7 +87,14 @@ async def run(settings: Settings) -> int:
         cache = Cache()
         await cache.prime(kube, settings.namespaces)
         gate = CapacityGate(kube, cache, settings.default_tier)
-        autoscaler = Autoscaler(kube, metrics, metrics_port=settings.triton_metrics_port)
+        scopes: tuple[str | None, ...] = settings.namespaces or (None,)
+        cache.expect_pods(scopes)
+        reflectors = [
+            asyncio.create_task(PodReflector(kube, cache, scope).run(stop)) for scope in scopes
+        ]
+        autoscaler = Autoscaler(
+            kube, metrics, metrics_port=settings.triton_metrics_port, cache=cache
+        )
         # A CapacityTier's status, PriorityClass and finalizer depend on every consumer
         # in the cluster: an operator scoped to some namespaces sees only its own and
         # would fight the cluster-wide operator over them, so it leaves tiers alone.
@@ -152,6 +161,9 @@ async def run(settings: Settings) -> int:
             return 1
         return 1 if lost_leadership else 0
     finally:
+        stop.set()  # ends the pod reflectors too
+        for task in reflectors:
+            task.cancel()
         if queue is not None:
             await queue.stop()
         if tier_queue is not None:

@@ -9,6 +9,7 @@ produces them, server-side apply accepts them, status patches are dicts.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import os
 from collections.abc import AsyncIterator, Callable
@@ -182,21 +183,36 @@ class Kube:
         items: list[dict[str, Any]] = data.get("items", [])
         return items
 
+    async def list_with_version(
+        self, resource: Resource, namespace: str | None = None, label_selector: str | None = None
+    ) -> tuple[builtins.list[dict[str, Any]], str]:
+        """The items and the list's resourceVersion, where a watch can resume from."""
+        query = {"labelSelector": label_selector} if label_selector else {}
+        data = await self.request("GET", resource.path(namespace), query=query)
+        items: builtins.list[dict[str, Any]] = data.get("items", [])
+        return items, str(data.get("metadata", {}).get("resourceVersion", ""))
+
     async def watch(
         self,
         resource: Resource,
         namespace: str | None = None,
         label_selector: str | None = None,
         timeout_seconds: int = 300,
+        resource_version: str | None = None,
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """(event type, object) from a watch that ends after timeout_seconds.
 
-        The operator itself watches through kopf; this serves tools (benchmarks,
-        the demo) that need to see objects appear without polling.
+        The operator watches its own kinds through kopf and pods through
+        :class:`turnpike.controller.podwatch.PodReflector` (which resumes from
+        ``resource_version`` and receives BOOKMARK events); tools (benchmarks, the
+        demo) use it to see objects appear without polling.
         """
         query = {"watch": "true", "timeoutSeconds": str(timeout_seconds)}
         if label_selector:
             query["labelSelector"] = label_selector
+        if resource_version:
+            query["resourceVersion"] = resource_version
+            query["allowWatchBookmarks"] = "true"
         response = await self._api.call_api(
             resource.path(namespace),
             "GET",
