@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import time
 from collections.abc import Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
@@ -313,3 +314,21 @@ def test_acquire_gives_up_when_stop_is_set() -> None:
     assert run(stopped_while_waiting()) == (False, False)
     assert "replace" not in kube.calls
     assert spec_of(kube)["holderIdentity"] == "a"
+
+
+def test_the_leader_steps_down_when_a_renewal_hangs() -> None:
+    """A partitioned API server may accept the connection and never answer: the
+    renewal is bounded by the time left before the leader must step down."""
+    kube = FakeKube()
+    a = LeaderElector(cast(Kube, kube), NAME, NAMESPACE, "a", lease_seconds=1,
+                      renew_seconds=0.05, retry_seconds=0.01)
+    assert run(a.acquire(asyncio.Event()))
+
+    async def hangs(_: dict[str, Any]) -> dict[str, Any]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    kube.replace = hangs  # type: ignore[method-assign]
+    started = time.monotonic()
+    run(a.keep(asyncio.Event()))  # returns by itself, or run() times out after 5 s
+    assert time.monotonic() - started < 2

@@ -130,13 +130,16 @@ class LeaderElector:
             except TimeoutError:
                 pass
             try:
-                if await self._try():
+                # A renewal that hangs (a partitioned API server) must not keep a
+                # replica believing it leads past the point where it must step down.
+                left = self.lease_seconds * 2 / 3 - (self.clock() - last_renewed).total_seconds()
+                if await asyncio.wait_for(self._try(), max(left, 0.1)):
                     last_renewed = self.clock()
                     continue
                 log.error("another replica took the leader lease")
                 return
-            except (ApiError, OSError) as error:
-                log.warning("could not renew the leader lease: %s", error)
+            except (ApiError, OSError, TimeoutError) as error:
+                log.warning("could not renew the leader lease: %s", error or "timed out")
             if (self.clock() - last_renewed).total_seconds() > self.lease_seconds * 2 / 3:
                 log.error("could not renew the leader lease in time; stepping down")
                 return

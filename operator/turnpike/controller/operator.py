@@ -84,6 +84,9 @@ async def run(settings: Settings) -> int:
         if elector is not None and not await elector.acquire(stop):
             return 0
         metrics.leader.set(1)
+        # Renew from the moment the lease is held: priming the cache of a large
+        # fleet can take longer than the lease lasts.
+        keeper = asyncio.ensure_future(elector.keep(stop)) if elector else None
         cache = Cache()
         await cache.prime(kube, settings.namespaces)
         gate = CapacityGate(kube, cache, settings.default_tier)
@@ -141,7 +144,6 @@ async def run(settings: Settings) -> int:
             loop.add_signal_handler(sig, on_signal)
         log.info("operator started", extra={"namespaces": settings.namespaces or "all"})
         waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait()), kopf_task]
-        keeper = asyncio.ensure_future(elector.keep(stop)) if elector else None
         if keeper is not None:
             waiters.append(keeper)
         while not stop.is_set():
