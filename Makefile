@@ -79,5 +79,5 @@ bench-autoscale: setup system-deps ## autoscaler: reaction on real Triton pods (
 	$(PY) -m bench.autoscale_sim.run --out docs/autoscale-sim.png --markdown docs/autoscale-sim.md
 
 .PHONY: fuzz
-fuzz: setup ## the property-based tests (tests/unit/test_properties.py) with 120,000 examples
-	TURNPIKE_HYPOTHESIS_PROFILE=turnpike-fuzz $(VENV)/bin/pytest -q -p no:cacheprovider tests/unit/test_properties.py
+fuzz: setup ## the property-based tests (parse/render/plan/status, metrics, decide, tier accounting) with 140,000 examples
+	TURNPIKE_HYPOTHESIS_PROFILE=turnpike-fuzz $(VENV)/bin/pytest -q -p no:cacheprovider tests/unit/test_properties.py tests/unit/test_reconcile_plan.py tests/unit/test_capacity_accounts.py --hypothesis-show-statistics

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from turnpike.api.capacitytier import CapacityTier, CapacityTierStatus
+from turnpike.api.capacitytier import MAX_LISTED_CONSUMERS, CapacityTier, CapacityTierStatus
 from turnpike.capacity.ledger import Consumer
 from turnpike.capacity.protection import TIER_FINALIZER, may_release
 from turnpike.capacity.tierstatus import resolve_tier, summary, tier_status
@@ -156,3 +156,19 @@ def test_finalizer_is_released_only_without_consumers() -> None:
     assert not ok and "ml/idle" in message  # even scaled to zero, it still names the tier
     ok, message = may_release([consumer(f"m{i:02}") for i in range(12)])
     assert not ok and message.startswith("12 ModelDeployments") and "and 2 more" in message
+
+
+def test_a_large_tier_lists_a_bounded_number_of_consumers_the_limited_first() -> None:
+    """Found by make bench-reconcile: listing all 1,000 consumers made a 165 KB
+    status, and about 9,000 would have exceeded the API server's object limit."""
+    fleet = [consumer(f"m{i:04d}", age=i, gpus_per_replica=1, desired_replicas=1)
+             for i in range(1_000)]
+    status = tier_status(tier(gpuBudget={"*": 990}), fleet, {}, now="2026-12-02T00:00:00Z")
+    assert status.consumer_count == 1_000
+    assert len(status.consumers) == MAX_LISTED_CONSUMERS
+    # The last ten came too late for the budget: they are the ones a user looks for.
+    late = {f"m{i:04d}" for i in range(990, 1000)}
+    assert {c.name for c in status.consumers if c.limited} == late
+    assert [c.name for c in status.consumers] == sorted(c.name for c in status.consumers)
+    assert len(status.model_dump_json()) < 20_000
+    CapacityTierStatus.model_validate(status.to_k8s())  # the CRD's maxItems holds

@@ -92,7 +92,7 @@ def test_gpus_given_back_by_a_deleted_deployment_go_to_the_next_one() -> None:
 def test_the_tier_reconciler_writes_its_status_once_then_nothing() -> None:
     kube = two_wanting_eight_gpus_each(12)
     reconciler, gate, metrics = wired(kube)
-    tiers = CapacityTierReconciler(cast(Kube, kube), gate, metrics)
+    tiers = CapacityTierReconciler(cast(Kube, kube), gate, metrics, min_interval_seconds=0)
 
     async def scenario() -> None:
         await reconciler.reconcile((NS, "a"))
@@ -145,3 +145,35 @@ def test_a_renamed_deployment_is_deleted_once_its_successor_is_ready() -> None:
     asyncio.run(scenario())
     assert ("Deployment", NS, "llama-0a1b2c3d") not in kube.objects
     assert [e["reason"] for e in kube.events].count("Removed") == 1
+
+
+def test_a_grant_in_flight_counts_even_if_an_older_watch_event_arrives_meanwhile() -> None:
+    cache = Cache()
+    cache.tier_seen("ADDED", tier(16).default().build())
+    cache.model_seen("ADDED", md("a").replicas(4).gpus(2).build())
+    running = deployment(1, owner="a").build()
+    cache.child_seen("ADDED", running)
+    assert cache.accounts.held("pool") == {"*": 2}
+    scaling = deployment(4, owner="a").build()
+    cache.granting((NS, "a"), scaling)  # decided under the lock, apply not answered yet
+    assert cache.accounts.held("pool") == {"*": 8}
+    late = deployment(1, owner="a").build()
+    late["metadata"]["resourceVersion"] = "51"  # kcm's status write on the old spec
+    cache.child_seen("MODIFIED", late)
+    assert cache.accounts.held("pool") == {"*": 8}
+    cache.granted((NS, "a"), None)  # the apply failed: what runs is the truth again
+    assert cache.accounts.held("pool") == {"*": 2}
+
+
+def test_a_priority_class_the_server_stored_needs_no_apply() -> None:
+    """The API server omits globalDefault: false; comparing it as missing re-applied
+    every tier's PriorityClass on every pass (seen in make bench-reconcile)."""
+    from turnpike.api.capacitytier import CapacityTier
+    from turnpike.capacity import render_priority_class
+    from turnpike.reconcile.diff import needs_apply, with_hash
+
+    wanted = with_hash(render_priority_class(CapacityTier.from_k8s(tier(8).build())))
+    stored = {k: v for k, v in wanted.items() if k != "globalDefault"}
+    assert wanted["globalDefault"] is False
+    assert not needs_apply(wanted, stored)
+    assert needs_apply(wanted, {**stored, "value": 1})

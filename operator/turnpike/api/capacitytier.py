@@ -242,6 +242,11 @@ class CapacityTierSpec(ApiModel):
         return self
 
 
+# A tier's status names its consumers; a list of every one of 10,000 would exceed
+# the API server's object size limit, so it names at most this many.
+MAX_LISTED_CONSUMERS = 100
+
+
 class TierConsumer(ApiModel):
     """One ModelDeployment drawing from the tier."""
 
@@ -278,8 +283,15 @@ class CapacityTierStatus(ApiModel):
     )
     granted_summary: str | None = Field(default=None, description="granted as one line.")
     free_summary: str | None = Field(default=None, description="free as one line.")
+    consumer_count: int | None = Field(
+        default=None, description="How many ModelDeployments use the tier."
+    )
     consumers: list[TierConsumer] = Field(
-        default_factory=list, description="ModelDeployments using the tier, first come first."
+        default_factory=list,
+        max_length=MAX_LISTED_CONSUMERS,
+        description=f"ModelDeployments using the tier, first come first; at most "
+        f"{MAX_LISTED_CONSUMERS}, those the budget limits listed first (consumerCount has "
+        "them all), so the status stays far below the API server's object size limit.",
     )
 
 

@@ -14,7 +14,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from turnpike.api.capacitytier import CapacityTier, CapacityTierStatus, TierConsumer
+from turnpike.api.capacitytier import (
+    MAX_LISTED_CONSUMERS,
+    CapacityTier,
+    CapacityTierStatus,
+    TierConsumer,
+)
 from turnpike.api.status import ConditionStatus
 from turnpike.capacity.classes import priority_class_name, priority_of
 from turnpike.capacity.ledger import (
@@ -58,7 +63,11 @@ def tier_status(
     previous = tier.status or CapacityTierStatus()
 
     rows = []
-    for c in sorted(consumers, key=order_key):
+    ordered = sorted(consumers, key=order_key)
+    # Those the budget holds back first (what a platform team looks for), then the rest.
+    listed = [c for c in ordered if allocations[c.key].limited]
+    listed += [c for c in ordered if not allocations[c.key].limited]
+    for c in sorted(listed[:MAX_LISTED_CONSUMERS], key=order_key):
         a = allocations[c.key]
         rows.append(
             TierConsumer(
@@ -95,6 +104,7 @@ def tier_status(
         budget_summary=summary(tier.spec.gpu_budget),
         granted_summary=summary(usage.granted),
         free_summary=summary(usage.free),
+        consumer_count=len(consumers),
         consumers=rows,
     )
 

@@ -76,6 +76,22 @@ class Cache:
     # Children by the ModelDeployment that controls them, for the delete path.
     _owned: dict[Key, set[ChildKey]] = field(default_factory=dict)
     _owner_of: dict[ChildKey, Key] = field(default_factory=dict)
+    # Deployments being applied, as they will be: counted in the tier's sums from
+    # the moment the grant is decided until the apply has answered.
+    _granting: dict[Key, dict[str, Any]] = field(default_factory=dict)
+
+    def granting(self, key: Key, deployment: dict[str, Any]) -> None:
+        """A grant decided under the tier's lock, before its apply is sent."""
+        self._granting[key] = deployment
+        self._reaccount(key)
+
+    def granted(self, key: Key, applied: dict[str, Any] | None) -> None:
+        """The apply answered (``applied``) or failed (None): the server is the truth."""
+        self._granting.pop(key, None)
+        if applied is not None:
+            self.deployment_seen("MODIFIED", applied)
+        else:
+            self._reaccount(key)
     # Pods by namespace and the ModelDeployment label, trimmed to what the
     # autoscaler and status read; fed by PodReflector once pods_synced is set.
     _pods: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
@@ -140,7 +156,8 @@ class Cache:
         if tier is None:
             return None
         created = str(body["metadata"].get("creationTimestamp", "1970-01-01T00:00:00Z"))
-        pool, gpus = held_by(tier, consumer(md, created, self.deployments.get(key)))
+        deployment = self._granting.get(key) or self.deployments.get(key)
+        pool, gpus = held_by(tier, consumer(md, created, deployment))
         return Share(tier.name, pool, gpus)
 
     def _reaccount(self, key: Key) -> None:
@@ -180,7 +197,7 @@ class Cache:
         selector = f"{LABEL_MANAGED_BY}={MANAGER}"
         for namespace in scopes:
             for body in await kube.list(MODEL_DEPLOYMENT, namespace):
-                self.model_seen("ADDED", body)
+                self.model_seen("ADDED", _typed(body, MODEL_DEPLOYMENT))
             for resource in CHILD_RESOURCES:
                 for body in await kube.list(resource, namespace, label_selector=selector):
                     # A LIST's items carry no kind; the watch events that follow do.
@@ -229,8 +246,17 @@ class Cache:
         return self.children.get((kind, namespace, name))
 
     def status_written(self, key: Key, body: dict[str, Any]) -> None:
-        """Remember the object our own status patch produced."""
+        """Remember the object our own status patch produced, and read it from now
+        on (unless the watch already showed a newer one): the next reconcile must
+        start from the status just written, not from the one before it."""
         self._own_writes[key] = str(body["metadata"].get("resourceVersion", ""))
+        known = self.models.get(key)
+        if known is not None and not older(body, known):
+            self.models[key] = body
+
+    def model(self, key: Key) -> dict[str, Any] | None:
+        """The ModelDeployment as last seen (watch events and our own status writes)."""
+        return self.models.get(key)
 
     def is_own_write(self, body: dict[str, Any]) -> bool:
         """Whether this is exactly the object our last status patch returned."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,6 +41,10 @@ class CapacityTierReconciler:
     metrics: Metrics
     resync_seconds: float = 60.0
     clock: Callable[[], datetime] = utcnow
+    # A tier's status walks all its consumers; while a fleet scales, every grant
+    # asks for it again, so passes of one tier are spaced at least this far apart.
+    min_interval_seconds: float = 2.0
+    _last_pass: dict[str, float] = field(default_factory=dict)
 
     async def __call__(self, key: tuple[str, str]) -> float | None:
         return await self.metrics.measured("CapacityTier", lambda: self.reconcile(key[1]))
@@ -46,7 +52,12 @@ class CapacityTierReconciler:
     async def reconcile(self, name: str) -> float | None:
         body = await self.kube.get(CAPACITY_TIER, None, name)
         if body is None:
+            self._last_pass.pop(name, None)
             return None  # its PriorityClass goes with it (ownerReference)
+        since = time.monotonic() - self._last_pass.get(name, -math.inf)
+        if since < self.min_interval_seconds and not body["metadata"].get("deletionTimestamp"):
+            return self.min_interval_seconds - since  # the queue looks again then
+        self._last_pass[name] = time.monotonic()
         self.gate.cache.tier_seen("MODIFIED", body)
         try:
             tier = CapacityTier.from_k8s(body)

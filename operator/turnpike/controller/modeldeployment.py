@@ -33,6 +33,7 @@ from turnpike.reconcile.plan import (
     Observed,
     Plan,
     Scaling,
+    after_apply,
     needs_pods,
     plan,
     rfc3339,
@@ -111,7 +112,13 @@ class ModelDeploymentReconciler:
     async def _reconcile(self, key: Key) -> float | None:
         """Gather what plan() needs, ask it, carry out its writes."""
         namespace, name = key
-        body = await self.kube.get(MODEL_DEPLOYMENT, namespace, name)
+        # Read from the watch's cache like the children: a GET per reconcile would
+        # put one more round trip before every apply. Without a cache, ask the server.
+        body = (
+            self.cache.model(key)
+            if self.cache is not None
+            else await self.kube.get(MODEL_DEPLOYMENT, namespace, name)
+        )
         if body is None or body["metadata"].get("deletionTimestamp"):
             if self.autoscaler is not None:
                 self.autoscaler.forget(key)
@@ -164,7 +171,23 @@ class ModelDeploymentReconciler:
                     pods=pods,
                 )
             )
-            await self._apply(result.apply)  # inside the lock: the tier's sums see it
+            if self.cache is not None:
+                # What is about to be granted enters the tier's sums before the lock
+                # is released, so the next evaluation of the tier counts it, and the
+                # lock is never held across a round trip to the API server.
+                for child in result.apply:
+                    if child["kind"] == "Deployment":
+                        before = next(
+                            (
+                                c
+                                for c in children
+                                if c["kind"] == "Deployment"
+                                and c["metadata"]["name"] == child["metadata"]["name"]
+                            ),
+                            None,
+                        )
+                        self.cache.granting(key, after_apply(child, before))
+        await self._apply(key, result.apply)
         await self._carry_out(body, previous, result, now)
         if result.tier_changed and self.on_tier_change is not None and verdict.tier is not None:
             self.on_tier_change(verdict.tier.name)
@@ -192,14 +215,18 @@ class ModelDeploymentReconciler:
         )
         return [live for live in lives if live is not None]
 
-    async def _apply(self, children: list[dict[str, Any]]) -> None:
-        applied = await asyncio.gather(*(self.kube.apply(child) for child in children))
+    async def _apply(self, key: Key, children: list[dict[str, Any]]) -> None:
+        try:
+            applied = await asyncio.gather(*(self.kube.apply(child) for child in children))
+        except BaseException:
+            if self.cache is not None:
+                self.cache.granted(key, None)  # not applied: count what runs
+            raise
         for child, after in zip(children, applied, strict=True):
             self.metrics.children_applied.labels(child["kind"]).inc()
             if self.cache is not None and child["kind"] == "Deployment":
-                # Written through so that the next capacity evaluation of the same
-                # tier counts the replicas just granted.
-                self.cache.deployment_seen("MODIFIED", after)
+                # Written through so that capacity counts the server's answer.
+                self.cache.granted(key, after)
 
     async def _carry_out(
         self,
@@ -213,9 +240,15 @@ class ModelDeploymentReconciler:
         for child in result.delete:
             with contextlib.suppress(ApiError):  # gone already: what was wanted
                 await self.kube.delete(resource_for(child), namespace, child["metadata"]["name"])
-        await self._write_status(body, previous, result.status)
-        for event in result.events:
-            await post_event(self.kube, body, event.type, event.reason, event.message, now)
+        # Status and Events are independent writes: sent together, a worker waits
+        # for one round trip instead of one per write.
+        await asyncio.gather(
+            self._write_status(body, previous, result.status),
+            *(
+                post_event(self.kube, body, event.type, event.reason, event.message, now)
+                for event in result.events
+            ),
+        )
 
     async def _missing_secrets(self, namespace: str, names: list[str]) -> Problem | None:
         missing = [n for n in names if await self.kube.get(SECRET, namespace, n) is None]

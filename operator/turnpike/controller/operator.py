@@ -89,7 +89,7 @@ async def run(settings: Settings) -> int:
         keeper = asyncio.ensure_future(elector.keep(stop)) if elector else None
         cache = Cache()
         await cache.prime(kube, settings.namespaces)
-        gate = CapacityGate(kube, cache, settings.default_tier)
+        gate = CapacityGate(kube, cache, settings.default_tier, metrics=metrics)
         scopes: tuple[str | None, ...] = settings.namespaces or (None,)
         cache.expect_pods(scopes)
         reflectors = [

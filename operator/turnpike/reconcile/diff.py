@@ -34,9 +34,11 @@ def contains(live: Any, wanted: Any) -> bool:
     if isinstance(wanted, dict):
         if not isinstance(live, dict):
             return False
-        # The API server drops empty lists and maps (omitempty): absent means empty.
+        # The API server drops zero values of omitempty fields (empty lists and
+        # maps, false, 0, ""): absent means zero. (PriorityClass.globalDefault: false
+        # is one: comparing it as missing re-applied every PriorityClass each pass.)
         return all(
-            contains(live[key], value) if key in live else value in ([], {}, None)
+            contains(live[key], value) if key in live else _is_zero(value)
             for key, value in wanted.items()
         )
     if isinstance(wanted, list):
@@ -48,6 +50,10 @@ def contains(live: Any, wanted: Any) -> bool:
     if isinstance(wanted, int | float) and isinstance(live, int | float):
         return float(live) == float(wanted)
     return bool(live == wanted)
+
+
+def _is_zero(value: Any) -> bool:
+    return value in (None, False, "") or value == [] or value == {}  # False == 0 == 0.0
 
 
 def needs_apply(desired: dict[str, Any], live: dict[str, Any] | None) -> bool:

@@ -105,14 +105,18 @@ def needs_pods(observed_deployment: dict[str, Any] | None) -> bool:
 
 
 def after_apply(desired: dict[str, Any], live: dict[str, Any] | None) -> dict[str, Any]:
-    """The Deployment as the API server will hold it right after the apply: a new
-    spec bumps metadata.generation, so its status is not yet current for it."""
+    """The Deployment as the API server will hold it right after the apply: the new
+    spec, and a generation that moved with it, so its status is not yet current."""
     if live is None:
         return {**desired, "metadata": {**desired["metadata"], "generation": 1}, "status": {}}
     if contains(live.get("spec", {}), desired.get("spec", {})):
         return live
     generation = int(live.get("metadata", {}).get("generation", 0)) + 1
-    return {**live, "metadata": {**live["metadata"], "generation": generation}}
+    return {
+        **live,
+        "spec": desired["spec"],
+        "metadata": {**live["metadata"], "generation": generation},
+    }
 
 
 def settled(deployment: dict[str, Any] | None, replicas: int) -> bool:
