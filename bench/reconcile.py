@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import math
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -576,6 +577,9 @@ def main() -> int:
         bench_node_shape(tier_budget(max(sizes)) if args.tiers else max(sizes))
     except ValueError as error:
         parser.error(str(error))
+    # A SIGTERM (timeout, kill) must still run the cleanup: namespaces, the tier and
+    # the operator subprocess would otherwise be left behind on the local cluster.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results = asyncio.run(main_async(sizes, args.timeout, args.tiers))
     mode = "CapacityTier + autoscaling" if args.tiers else "plain"
     print(f"\nbench-reconcile {time.strftime('%Y-%m-%d')} ({os.cpu_count()} CPUs), {mode}\n")

@@ -77,3 +77,15 @@ def test_a_deleted_model_forgets_its_own_writes() -> None:
     cache.model_seen("DELETED", model("5"))
     # Nothing is kept for an object that is gone (the map would grow with every delete).
     assert not cache.is_own_write(model("5"))
+
+
+def test_cached_objects_do_not_keep_managed_fields() -> None:
+    """managedFields are never read by the operator and are a large part of each
+    object: at 5,000 ModelDeployments they decide whether the operator fits its memory."""
+    cache = Cache()
+    body = child("Deployment", rv="3")
+    body["metadata"]["managedFields"] = [{"manager": "turnpike", "fieldsV1": {"f:spec": {}}}]
+    cache.child_seen("ADDED", body)
+    assert "managedFields" not in cache.child("Deployment", "team-a", "llama")["metadata"]  # type: ignore[index]
+    assert "managedFields" not in cache.deployments[("team-a", "llama")]["metadata"]
+    assert "managedFields" in body["metadata"]  # the caller's object is left alone

@@ -212,6 +212,7 @@ class Cache:
             self.tier_seen("ADDED", body)
 
     def model_seen(self, event: str, body: dict[str, Any]) -> None:
+        body = without_managed_fields(body)
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
         if event == "DELETED":
             self.models.pop(key, None)
@@ -223,6 +224,7 @@ class Cache:
 
     def child_seen(self, event: str, body: dict[str, Any]) -> None:
         """A Deployment, Service or PodDisruptionBudget Turnpike manages."""
+        body = without_managed_fields(body)
         metadata = body["metadata"]
         key = (body["kind"], metadata["namespace"], metadata["name"])
         previous_owner = self._owner_of.pop(key, None)
@@ -249,6 +251,7 @@ class Cache:
         """Remember the object our own status patch produced, and read it from now
         on (unless the watch already showed a newer one): the next reconcile must
         start from the status just written, not from the one before it."""
+        body = without_managed_fields(body)
         self._own_writes[key] = str(body["metadata"].get("resourceVersion", ""))
         known = self.models.get(key)
         if known is not None and not older(body, known):
@@ -266,6 +269,7 @@ class Cache:
 
     def deployment_seen(self, event: str, body: dict[str, Any]) -> None:
         """Capacity's view: the watch's events and our own applies, newest first."""
+        body = without_managed_fields(body)
         key = owner_key(body)
         if key is None:
             return
@@ -287,6 +291,7 @@ class Cache:
         self._reaccount(key)
 
     def tier_seen(self, event: str, body: dict[str, Any]) -> None:
+        body = without_managed_fields(body)
         name = body["metadata"]["name"]
         if event == "DELETED":
             self.tiers.pop(name, None)
@@ -307,6 +312,15 @@ def older(candidate: dict[str, Any], known: dict[str, Any]) -> bool:
     a = str(candidate["metadata"].get("resourceVersion", ""))
     b = str(known["metadata"].get("resourceVersion", ""))
     return a.isdigit() and b.isdigit() and int(a) < int(b)
+
+
+def without_managed_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """The object without metadata.managedFields, which nothing here reads and which
+    is often the largest part of a stored object (controller-runtime strips it too)."""
+    metadata = body.get("metadata")
+    if not isinstance(metadata, dict) or "managedFields" not in metadata:
+        return body
+    return {**body, "metadata": {k: v for k, v in metadata.items() if k != "managedFields"}}
 
 
 def trimmed_pod(body: dict[str, Any]) -> dict[str, Any]:

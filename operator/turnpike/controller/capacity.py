@@ -59,10 +59,6 @@ class Verdict:
         )
 
 
-def parsed_tiers(cache: Cache) -> list[CapacityTier]:
-    return cache.parsed_tiers()
-
-
 def cached_models(cache: Cache) -> list[tuple[ModelDeployment, str, dict[str, Any] | None]]:
     """Every live, valid ModelDeployment with its creation time and Deployment: the
     whole fleet, for the tier reconciler's status (never on a reconcile's path)."""

@@ -21,7 +21,7 @@ from turnpike.capacity import (
     tier_status,
 )
 from turnpike.capacity.consumers import in_use_by_pool
-from turnpike.controller.capacity import CapacityGate, parsed_tiers
+from turnpike.controller.capacity import CapacityGate
 from turnpike.controller.metrics import Metrics
 from turnpike.kube import KubeAPI
 from turnpike.kube.resources import CAPACITY_TIER, PRIORITY_CLASS
@@ -74,7 +74,7 @@ class CapacityTierReconciler:
             await self._priority_class(tier, body)
 
         now = self.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
-        defaults = [t.name for t in parsed_tiers(self.gate.cache) if t.spec.default]
+        defaults = [t.name for t in self.gate.cache.parsed_tiers() if t.spec.default]
         status = tier_status(
             tier,
             consumers,
