@@ -480,6 +480,11 @@ def add_bench_nodes(cluster: localcluster.Cluster, gpus_needed: int) -> list[str
 async def main_async(
     sizes: list[int], timeout: float | None, tiers: bool
 ) -> list[dict[str, float]]:
+    # A SIGTERM (timeout, kill) cancels the run, so the finally blocks below still
+    # remove the namespaces and the tier while the operator runs, then stop it.
+    main_task = asyncio.current_task()
+    if main_task is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     cluster = localcluster.ensure()
     kubectl = Kubectl(cluster.kubectl(), cluster.kubeconfig)
     kubectl.run("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
@@ -577,9 +582,6 @@ def main() -> int:
         bench_node_shape(tier_budget(max(sizes)) if args.tiers else max(sizes))
     except ValueError as error:
         parser.error(str(error))
-    # A SIGTERM (timeout, kill) must still run the cleanup: namespaces, the tier and
-    # the operator subprocess would otherwise be left behind on the local cluster.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results = asyncio.run(main_async(sizes, args.timeout, args.tiers))
     mode = "CapacityTier + autoscaling" if args.tiers else "plain"
     print(f"\nbench-reconcile {time.strftime('%Y-%m-%d')} ({os.cpu_count()} CPUs), {mode}\n")

@@ -121,8 +121,14 @@ def test_a_cache_accounts_each_consumer_once_whatever_the_event_order() -> None:
     rolling["metadata"]["resourceVersion"] = "60"
     cache.child_seen("MODIFIED", rolling)
     assert cache.accounts.held("pool") == {"*": 6}  # the surge pod holds a replica's GPUs
-    cache.tier_seen("MODIFIED", {**tier(16).build(), "metadata": {
-        **tier(16).build()["metadata"], "resourceVersion": "8"}})  # no longer the default
+    status_only = tier(16).default().build()
+    status_only["metadata"]["resourceVersion"] = "8"
+    status_only["status"] = {"consumerCount": 1}
+    cache.tier_seen("MODIFIED", status_only)  # the tier reconciler's own write
+    assert cache.accounts.held("pool") == {"*": 6}
+    not_default = tier(16).build()
+    not_default["metadata"].update(resourceVersion="9", generation=2)
+    cache.tier_seen("MODIFIED", not_default)  # a spec change: no longer the default
     assert cache.accounts.held("pool") == {}
     cache.model_seen("DELETED", md("a").build())
     assert cache.accounts.share((NS, "a")) is None

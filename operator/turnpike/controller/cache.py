@@ -163,15 +163,19 @@ class Cache:
     def _reaccount(self, key: Key) -> None:
         self.accounts.record(key, self._share(key))
 
-    def reaccount_all(self) -> None:
-        """A tier changed (budget, pools, default): every share may move."""
+    @staticmethod
+    def _parse_tiers(bodies: list[dict[str, Any]]) -> list[CapacityTier]:
         parsed = []
-        for body in self.tiers.values():
+        for body in bodies:
             try:
                 parsed.append(CapacityTier.from_k8s(body))
             except ValidationError:
-                continue
-        self._tiers_parsed = parsed
+                continue  # admission refuses these; a stale one must not stop the others
+        return parsed
+
+    def reaccount_all(self) -> None:
+        """A tier changed (budget, pools, default): every share may move."""
+        self._tiers_parsed = self._parse_tiers(list(self.tiers.values()))
         self.accounts = TierAccounts()
         for key in self.models:
             self._reaccount(key)
@@ -300,6 +304,17 @@ class Cache:
             if known is not None and (same_version(known, body) or older(body, known)):
                 return  # nothing new (a resync, or the reconciler's own read)
             self.tiers[name] = body
+            same_spec = known is not None and known["metadata"].get("generation") == body[
+                "metadata"
+            ].get("generation")
+            if same_spec and body["metadata"].get("generation") is not None:
+                # A status write (the tier reconciler's own, after every grant that
+                # moved): what each consumer holds is the same; re-adding up the whole
+                # fleet here made every tier pass O(fleet) twice over.
+                self._tiers_parsed = [
+                    t for t in self._tiers_parsed if t.name != name
+                ] + self._parse_tiers([body])
+                return
         self.reaccount_all()
 
 

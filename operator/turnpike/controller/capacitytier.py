@@ -41,10 +41,14 @@ class CapacityTierReconciler:
     metrics: Metrics
     resync_seconds: float = 60.0
     clock: Callable[[], datetime] = utcnow
-    # A tier's status walks all its consumers; while a fleet scales, every grant
-    # asks for it again, so passes of one tier are spaced at least this far apart.
+    # A tier's status walks all its consumers, on the event loop every reconcile
+    # shares; while a fleet scales, every grant asks for it again. Passes of one
+    # tier are spaced at least this far apart, and further for big tiers, so that
+    # they take at most 1/PASS_SHARE of the loop (5 % by default).
     min_interval_seconds: float = 2.0
+    pass_share: float = 20.0
     _last_pass: dict[str, float] = field(default_factory=dict)
+    _pass_cost: dict[str, float] = field(default_factory=dict)
 
     async def __call__(self, key: tuple[str, str]) -> float | None:
         return await self.metrics.measured("CapacityTier", lambda: self.reconcile(key[1]))
@@ -53,11 +57,20 @@ class CapacityTierReconciler:
         body = await self.kube.get(CAPACITY_TIER, None, name)
         if body is None:
             self._last_pass.pop(name, None)
+            self._pass_cost.pop(name, None)
             return None  # its PriorityClass goes with it (ownerReference)
+        spacing = max(self.min_interval_seconds, self.pass_share * self._pass_cost.get(name, 0))
         since = time.monotonic() - self._last_pass.get(name, -math.inf)
-        if since < self.min_interval_seconds and not body["metadata"].get("deletionTimestamp"):
-            return self.min_interval_seconds - since  # the queue looks again then
+        if since < spacing and not body["metadata"].get("deletionTimestamp"):
+            return spacing - since  # the queue looks again then
         self._last_pass[name] = time.monotonic()
+        started = time.process_time()
+        try:
+            return await self._pass(name, body)
+        finally:
+            self._pass_cost[name] = time.process_time() - started
+
+    async def _pass(self, name: str, body: dict[str, Any]) -> float | None:
         self.gate.cache.tier_seen("MODIFIED", body)
         try:
             tier = CapacityTier.from_k8s(body)
