@@ -1,15 +1,15 @@
 """GPU accounting of one CapacityTier: who holds what, and who may grow.
 
-Everything here is pure. The controller gathers every ModelDeployment of a tier
-into :class:`Consumer` records and asks :func:`allowed_replicas` for all of them
-in one call. Answering for the whole tier at once, in one deterministic order,
-is what makes racing deployments safe: two deployments asking for the last GPUs
-are not two independent questions ("is there room for me?", both answered yes)
-but one ledger in which the earlier-created one is charged first and the later
-one sees what is left. The controller must serialize evaluations per tier (one
-lock or work-queue key per tier, held from evaluation until the resulting
-Deployment changes are written) so that no two evaluations run on stale copies
-of each other's results.
+Everything here is pure. :func:`allowed_replicas` answers for every consumer of
+a tier at once, in one deterministic order (the tier's status uses it): two
+deployments asking for the last GPUs are not two independent questions ("is
+there room for me?", both answered yes) but one ledger in which the
+earlier-created one is charged first and the later one sees what is left. A
+reconcile asks :func:`allocate` for its one consumer against the sums of what
+the others hold, which the operator's cache keeps incrementally; the controller
+serializes evaluations per tier (one lock per tier, held from the evaluation
+until its grant is counted in those sums) so that no two evaluations run on
+stale copies of each other's results.
 
 Rules, in the order they are applied:
 

@@ -1,8 +1,9 @@
 """The capacity gate: how many replicas a ModelDeployment may run in its tier.
 
 Evaluations of one tier are serialized by a lock held until the caller has
-applied its Deployment and written the result through to the cache, so two
-deployments racing for the last GPUs never both get them. Inside the lock the
+recorded its grant in the cache's sums (see Cache.granting), so two deployments
+racing for the last GPUs never both get them; the apply itself happens after
+the lock is released. Inside the lock the
 caller asks :attr:`Verdict.allocate` (pure, over one snapshot of the tier) for
 any replica count: the autoscaler decides with it as its cap, so a scale-up the
 tier refuses is never decided, recorded or reported.
