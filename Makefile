@@ -78,6 +78,12 @@ bench-autoscale: setup system-deps ## autoscaler: reaction on real Triton pods (
 	$(PY) bench/autoscale_reaction.py
 	$(PY) -m bench.autoscale_sim.run --out docs/autoscale-sim.png --markdown docs/autoscale-sim.md
 
+.PHONY: slo-dashboard
+slo-dashboard: setup system-deps ## render the dashboard's SLO and GPU-meter panels from a real run on real Triton pods (~5 min) into docs/slo-dashboard.png
+	hack/build-cluster.sh >/dev/null
+	hack/images/build.sh >/dev/null
+	$(PY) hack/slo_dashboard.py
+
 .PHONY: fuzz
 fuzz: setup ## the property-based tests (parse/render/plan/status, metrics, decide, tier accounting) with 140,000 examples
 	TURNPIKE_HYPOTHESIS_PROFILE=turnpike-fuzz $(VENV)/bin/pytest -q -p no:cacheprovider tests/unit/test_properties.py tests/unit/test_reconcile_plan.py tests/unit/test_capacity_accounts.py --hypothesis-show-statistics

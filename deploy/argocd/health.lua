@@ -4,6 +4,8 @@
 --   Degraded=True                                  -> Degraded (its message)
 --   Ready=True                                     -> Healthy
 --   anything else                                  -> Progressing (why: Ready's or Progressing's message)
+-- SLOMet=False (current) is a warning, not Degraded: the health stays what the rules above
+-- say, and the message ends with "SLO not met (<reason>): <message>".
 -- "Older" compares status.observedGeneration and the condition's own observedGeneration
 -- (when set) with metadata.generation. Written for Argo CD's Lua 5.1 (gopher-lua).
 local hs = {status = "Progressing", message = "Waiting for the Turnpike operator to report status"}
@@ -52,6 +54,27 @@ local conditions = obj.status.conditions
 local ready = find(conditions, "Ready")
 local degraded = find(conditions, "Degraded")
 local progressing = find(conditions, "Progressing")
+local slo = find(conditions, "SLOMet")
+
+-- hs with the SLO warning appended to its message when SLOMet is False for this generation.
+local function finish()
+  if slo == nil or slo.status ~= "False" or stale(slo.observedGeneration) then
+    return hs
+  end
+  local note = "SLO not met"
+  if slo.reason ~= nil and slo.reason ~= "" then
+    note = note .. " (" .. slo.reason .. ")"
+  end
+  if slo.message ~= nil and slo.message ~= "" then
+    note = note .. ": " .. slo.message
+  end
+  if hs.message ~= nil and hs.message ~= "" then
+    hs.message = hs.message .. "; " .. note
+  else
+    hs.message = note
+  end
+  return hs
+end
 
 if stale(obj.status.observedGeneration) then
   hs.message = "Waiting for the operator to observe generation " .. tostring(generation)
@@ -62,7 +85,7 @@ end
 if degraded ~= nil and degraded.status == "True" and not stale(degraded.observedGeneration) then
   hs.status = "Degraded"
   hs.message = text(degraded, "Degraded")
-  return hs
+  return finish()
 end
 
 if ready ~= nil and ready.status == "True" then
@@ -74,10 +97,10 @@ if ready ~= nil and ready.status == "True" then
   if current(observed) then
     hs.status = "Healthy"
     hs.message = text(ready, "Ready")
-    return hs
+    return finish()
   end
   hs.message = "Waiting for the operator to observe generation " .. tostring(generation)
-  return hs
+  return finish()
 end
 
 if progressing ~= nil and progressing.status == "True" then
@@ -85,4 +108,4 @@ if progressing ~= nil and progressing.status == "True" then
 elseif ready ~= nil then
   hs.message = text(ready, "Not ready")
 end
-return hs
+return finish()

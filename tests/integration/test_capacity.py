@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -50,15 +50,6 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
         if c["type"] == type_:
             return dict(c)
     return {}
-
-
-@pytest.fixture
-def tiers(kubectl: Kubectl) -> Iterator[list[str]]:
-    """Names of tiers a test creates; deleted (with their consumers gone) afterwards."""
-    created: list[str] = []
-    yield created
-    for name in created:
-        kubectl.run("delete", "capacitytier", name, "--wait=false", check=False)
 
 
 def delete_consumers(kube: Kubectl) -> None:
@@ -150,8 +141,12 @@ def test_budget_caps_the_autoscaler_and_raising_it_lets_it_grow(
     # The tier's status follows the grants within seconds (its passes are spaced).
     status = eventually(
         "the tier's status shows the new grant",
-        lambda: s if (s := kubectl.get("capacitytier", name)["status"])["granted"].get(
-            REAL_PRODUCT, 0) > 2 else None,
+        lambda: (
+            s
+            if (s := kubectl.get("capacitytier", name)["status"])["granted"].get(REAL_PRODUCT, 0)
+            > 2
+            else None
+        ),
         timeout=30,
     )
     assert status["budget"][REAL_PRODUCT] == 5
@@ -252,3 +247,86 @@ def test_namespace_restriction_and_deletion_protection(
         timeout=60,
     )
     kubectl.run("delete", "capacitytier", open_tier, "--timeout=60s")
+
+
+def _a100s_present(kubectl: Kubectl) -> int:
+    """A100s on nodes that count (Ready, not cordoned): what the operator compares with."""
+    present = 0
+    for node in kubectl.items("nodes"):
+        labels = node["metadata"].get("labels") or {}
+        counts = (
+            any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in node["status"].get("conditions", [])
+            )
+            and not node["spec"].get("unschedulable")
+            and not node["metadata"].get("deletionTimestamp")
+        )
+        if labels.get("nvidia.com/gpu.product") == A100 and counts:
+            present += int(node["status"].get("allocatable", {}).get("nvidia.com/gpu", "0"))
+    return present
+
+
+def _a100s_promised_elsewhere(kubectl: Kubectl) -> int:
+    """A100 budgets of dedicated and reserved tiers that other tests left (not being deleted)."""
+    return sum(
+        int(t["spec"]["gpuBudget"].get(A100, 0))
+        for t in kubectl.items("capacitytiers")
+        if t["spec"]["class"] in ("dedicated", "reserved")
+        and not t["metadata"].get("deletionTimestamp")
+    )
+
+
+def test_overcommitted_budgets_get_the_condition_and_fixing_them_clears_it(
+    kubectl: Kubectl, tiers: list[str]
+) -> None:
+    """Acceptance 4: dedicated and reserved A100 budgets above the A100s the nodes have."""
+    present = _a100s_present(kubectl)  # 2 nodes × 4 in hack/cluster-shape.yaml
+    room = present - _a100s_promised_elsewhere(kubectl)
+    if room < 3:
+        pytest.skip(f"other tiers already promise the A100s ({room} of {present} left)")
+    suffix = uuid.uuid4().hex[:5]
+    reserved, dedicated = f"reserved-{suffix}", f"dedicated-{suffix}"
+    kubectl.apply(
+        tier(reserved, "reserved", {A100: room - 1}, []),
+        tier(dedicated, "dedicated", {A100: 2}, [], nodeSelector={"turnpike.dev/pool": "a100"}),
+        # Spot and on-demand budgets promise nothing: never counted, never flagged.
+        tier(f"spot-{suffix}", "spot", {A100: 100}, []),
+    )
+    tiers += [reserved, dedicated, f"spot-{suffix}"]
+
+    def overcommitted(name: str, status: str) -> dict[str, Any] | None:
+        tier_now = kubectl.get("capacitytier", name)
+        c = condition(tier_now, "Overcommitted")
+        current = c.get("observedGeneration") == tier_now["metadata"]["generation"]
+        return c if c.get("status") == status and current else None
+
+    for name in (reserved, dedicated):
+        c = eventually(
+            f"{name} Overcommitted", functools.partial(overcommitted, name, "True"), timeout=60
+        )
+        assert c["reason"] == "BudgetsExceedNodes", c
+        message = c["message"]
+        assert A100 in message and f"nodes have {present} GPUs" in message, message
+        assert f"budgets total {present + 1}" in message, message
+        assert reserved in message and dedicated in message, message
+    spot = eventually(
+        "the spot tier's status",
+        lambda: (
+            t if condition(t := kubectl.get("capacitytier", f"spot-{suffix}"), "Ready") else None
+        ),
+    )
+    assert condition(spot, "Overcommitted") == {}, spot["status"]["conditions"]
+
+    # Fixed: the reserved tier gives one back, so the budgets equal the A100s present.
+    kubectl.run(
+        "patch",
+        "capacitytier",
+        reserved,
+        "--type=merge",
+        "-p",
+        f'{{"spec": {{"gpuBudget": {{"{A100}": {room - 2}}}}}}}',
+    )
+    for name in (reserved, dedicated):
+        c = eventually(f"{name} within capacity", functools.partial(overcommitted, name, "False"))
+        assert c["reason"] == "WithinCapacity", c

@@ -37,7 +37,6 @@ from tests.integration.test_chart import (
 pytestmark = pytest.mark.cluster
 
 
-
 @dataclass(frozen=True)
 class Release:
     name: str
@@ -191,6 +190,11 @@ def test_spot_checks(kubectl: Kubectl, release: Release) -> None:
     assert can_i(kubectl, release, "create", "priorityclasses.scheduling.k8s.io")
     assert can_i(kubectl, release, "patch", "capacitytiers.turnpike.dev")
     assert not can_i(kubectl, release, "delete", "capacitytiers.turnpike.dev")
+    # Nodes: their GPUs are watched into the cache (Overcommitted), nothing more.
+    assert can_i(kubectl, release, "list", "nodes")
+    assert can_i(kubectl, release, "watch", "nodes")
+    assert not can_i(kubectl, release, "get", "nodes/some-node")
+    assert not can_i(kubectl, release, "patch", "nodes")
 
 
 # ---------------------------------------------------------------- Pod Security

@@ -192,8 +192,7 @@ class FakeKube:
                                {"kind": resource.kind, "apiVersion": resource.api_version,
                                 "metadata": {"name": name}})
         updated = copy.deepcopy(stored)
-        merged = {**updated.get("status", {}), **status}
-        updated["status"] = {k: v for k, v in merged.items() if v is not None}
+        updated["status"] = json_merge(updated.get("status", {}), status)
         return self.put(updated)
 
     async def delete(self, resource: Resource, namespace: str | None, name: str) -> None:
@@ -279,3 +278,17 @@ def cache_fed_by(kube: FakeKube) -> Cache:
         feed(cache, "ADDED", obj)
     kube.watch(lambda event, obj: feed(cache, event, obj))
     return cache
+
+
+def json_merge(target: Any, patch: Any) -> Any:
+    """RFC 7386, as the API server applies a merge patch: objects merge key by key at
+    every depth, null removes a key, anything else replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = json_merge(merged.get(key), value)
+    return merged

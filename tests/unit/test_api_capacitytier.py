@@ -332,7 +332,17 @@ def test_names_scope_and_subresources() -> None:
 def test_printer_columns() -> None:
     (version,) = _crd()["spec"]["versions"]
     columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
-    assert list(columns) == ["Class", "Priority", "Budget", "Granted", "Free", "Default", "Age"]
+    assert list(columns) == [
+        "Class",
+        "Priority",
+        "Budget",
+        "Granted",
+        "Free",
+        "Default",
+        "Used-24h",
+        "Age",
+    ]
+    assert columns["Used-24h"]["jsonPath"] == ".status.usage.summary"
     assert columns["Class"]["jsonPath"] == ".spec.class"
     assert columns["Priority"]["type"] == "integer"
     for name, field in (("Budget", "budgetSummary"), ("Granted", "grantedSummary")):

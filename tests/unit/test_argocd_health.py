@@ -178,6 +178,70 @@ def test_not_ready_without_progressing_reports_ready_message(version: str) -> No
     }
 
 
+SLO_MESSAGE = "queue SLO (99% of requests within 50ms over 60m): burn rate 14.4 over 5m"
+
+
+@pytest.mark.parametrize("version", LUA_VERSIONS)
+@pytest.mark.parametrize("reason", ["Burning", "BudgetLimited", "MetricsUnavailable"])
+def test_slo_not_met_is_a_warning_not_degraded(version: str, reason: str) -> None:
+    conditions = [*ready(), condition("SLOMet", "False", reason, SLO_MESSAGE, 3)]
+    assert health(md(conditions=conditions), version) == {
+        "status": "Healthy",
+        "message": f"2/2 replicas ready; SLO not met ({reason}): {SLO_MESSAGE}",
+    }
+
+
+@pytest.mark.parametrize("version", LUA_VERSIONS)
+def test_slo_not_met_keeps_degraded_and_progressing(version: str) -> None:
+    slo = condition("SLOMet", "False", "Burning", "too slow", 3)
+    degraded = [
+        condition("Ready", "True", "Available", "2/2 replicas ready", 3),
+        condition("Degraded", "True", "SecretMissing", "secret hf-token not found", 3),
+        slo,
+    ]
+    assert health(md(conditions=degraded), version) == {
+        "status": "Degraded",
+        "message": "secret hf-token not found; SLO not met (Burning): too slow",
+    }
+    rolling = [
+        condition("Ready", "False", "RollingOut", "1/2 replicas ready", 3),
+        condition("Progressing", "True", "RollingOut", "waiting for 1 more replica", 3),
+        slo,
+    ]
+    assert health(md(conditions=rolling), version) == {
+        "status": "Progressing",
+        "message": "waiting for 1 more replica; SLO not met (Burning): too slow",
+    }
+
+
+@pytest.mark.parametrize("version", LUA_VERSIONS)
+def test_slo_not_met_without_message_names_the_reason(version: str) -> None:
+    conditions = [*ready(), condition("SLOMet", "False", "MetricsUnavailable", "", 3)]
+    hs = health(md(conditions=conditions), version)
+    assert hs == {
+        "status": "Healthy",
+        "message": "2/2 replicas ready; SLO not met (MetricsUnavailable)",
+    }
+
+
+@pytest.mark.parametrize("version", LUA_VERSIONS)
+@pytest.mark.parametrize("status", ["True", "Unknown"])
+def test_slo_met_or_unknown_adds_nothing(version: str, status: str) -> None:
+    conditions = [*ready(), condition("SLOMet", status, "Met", "attainment 99.9%", 3)]
+    assert health(md(conditions=conditions), version) == {
+        "status": "Healthy",
+        "message": "2/2 replicas ready",
+    }
+
+
+@pytest.mark.parametrize("version", LUA_VERSIONS)
+def test_stale_slo_condition_adds_nothing(version: str) -> None:
+    """An SLOMet about an older spec (another threshold, say) says nothing about this one."""
+    conditions = [*ready(4), condition("SLOMet", "False", "Burning", "too slow", 3)]
+    hs = health(md(generation=4, observed=4, conditions=conditions), version)
+    assert hs == {"status": "Healthy", "message": "2/2 replicas ready"}
+
+
 def test_script_does_not_change_the_object() -> None:
     obj = md(conditions=ready())
     before = copy.deepcopy(obj)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -15,7 +16,7 @@ import pytest
 from tests.unit.builders import NAME, NAMESPACE, deployment, md, ready_pod
 from tests.unit.builders import tier as tier_builder
 from tests.unit.fakekube import FakeKube, cache_fed_by
-from turnpike.autoscale.signal import Observation
+from turnpike.autoscale.signal import CounterDelta, Observation
 from turnpike.capacity.consumers import rolling
 from turnpike.controller import autoscaler as autoscaler_module
 from turnpike.controller import modeldeployment as reconciler_module
@@ -248,3 +249,50 @@ def test_a_rollout_without_surge_holds_no_extra_replica() -> None:
     in_place["status"]["updatedReplicas"] = 1
     assert not rolling(in_place)
     assert not rolling(settled_deployment(2))
+
+
+# --- the SLO meter ---------------------------------------------------------------------
+
+
+class LatencySource(QueueSource):
+    """Every ready pod completed 100 requests since its last scrape, at ``mean_ms`` each."""
+
+    mean_ms = 50.0
+
+    async def sample(self, pods: list[PodTarget]) -> Observation:
+        observation = await super().sample(pods)
+        delta = CounterDelta(100, 0, 100 * 10_000, 100 * self.mean_ms * 1000)
+        return replace(observation, deltas={p.name: delta for p in pods})
+
+
+SLO_SPEC = {"slo": {"thresholdMilliseconds": 120, "objectivePercent": 99, "windowMinutes": 60}}
+
+
+def test_an_slo_without_autoscaling_is_measured_into_status_and_survives_a_restart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(autoscaler_module, "PodScrapeSource", LatencySource)
+    kube = FakeKube()
+    kube.add(model_deployment({"replicas": 2, **SLO_SPEC}))
+    kube.add(settled_deployment(2))
+    for i in range(2):
+        kube.add(ready_pod(i))
+    again = reconcile(kube, with_tiers=False, autoscaled=True)
+    assert again == 2.0  # measured again at the next scrape interval
+    slo = md_status(kube)["slo"]
+    assert (slo["requests"], slo["attainment"], slo["method"]) == (200, "100.00%", "tritonMean")
+    assert condition(md_status(kube), "SLOMet")["reason"] == "Met"
+    applied = [c for c in kube.applied if c.get("kind") == "Deployment"]
+    assert {c["spec"]["replicas"] for c in applied} <= {2}  # the SLO alone never scales
+
+    # A new operator (a restart, a new leader) goes on from the stored window.
+    LatencySource.mean_ms = 300.0
+    try:
+        reconcile(kube, with_tiers=False, autoscaled=True)
+    finally:
+        LatencySource.mean_ms = 50.0
+    slo = md_status(kube)["slo"]
+    assert (slo["requests"], slo["attainment"]) == (400, "50.00%")
+    met = condition(md_status(kube), "SLOMet")
+    assert (met["status"], met["reason"]) == ("False", "Burning")
+    assert "SLOBurning" in [e["reason"] for e in kube.events]

@@ -225,6 +225,7 @@ def test_names_subresources_and_columns() -> None:
         "Desired",
         "Queue",
         "Tier",
+        "SLO",
         "Backend",
         "GPU",
         "Age",

@@ -38,6 +38,10 @@ QUALIFIED_NAME_PATTERN = (
     r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$"
 )
 QualifiedName = Annotated[str, Field(pattern=QUALIFIED_NAME_PATTERN, max_length=316)]
+# Money as decimal text, never a float: "2.50" must bill as 2.50.
+PRICE_PATTERN = r"^[0-9]{1,9}([.][0-9]{1,6})?$"
+Price = Annotated[str, Field(pattern=PRICE_PATTERN, max_length=16)]
+CURRENCY_PATTERN = r"^[A-Z]{3}$"
 
 
 class TierClass(StrEnum):
@@ -153,6 +157,13 @@ CAPACITY_TIER_RULES = (
         check=lambda s: all(_is_qualified_name(k) for k in s.node_selector),
     ),
     Rule(
+        cel="!has(self.pricePerGpuHour) || self.pricePerGpuHour.all(p, p == '*' || "
+        "(size(p) <= 63 && p.matches('^[A-Za-z0-9][A-Za-z0-9_.-]*$')))",
+        message="pricePerGpuHour keys are GPU products (nvidia.com/gpu.product values) or '*'",
+        field_path=".pricePerGpuHour",
+        check=lambda s: all(_is_budget_key(p) for p in s.price_per_gpu_hour or {}),
+    ),
+    Rule(
         cel="self.class != 'dedicated' || (has(self.nodeSelector) && size(self.nodeSelector) > 0)",
         message="a dedicated tier needs a nodeSelector naming its node pool",
         field_path=".nodeSelector",
@@ -231,6 +242,20 @@ class CapacityTierSpec(ApiModel):
             "reports a DefaultConflict condition on every default tier when there are several."
         ),
     )
+    price_per_gpu_hour: dict[str, Price] | None = Field(
+        default=None,
+        max_length=MAX_BUDGET_ENTRIES,
+        description=(
+            "Price of one GPU-hour per GPU product (keys as in gpuBudget; '*' prices every "
+            'product without an entry of its own), as a decimal string such as "2.50". '
+            "With it, status.usage shows what the last 24 h of granted GPU-hours cost."
+        ),
+    )
+    currency: str | None = Field(
+        default=None,
+        pattern=CURRENCY_PATTERN,
+        description="ISO 4217 code of pricePerGpuHour (e.g. USD), shown with the cost.",
+    )
 
     @model_validator(mode="after")
     def _rules(self) -> CapacityTierSpec:
@@ -259,6 +284,85 @@ class TierConsumer(ApiModel):
     replicas: int = Field(ge=0, description="Replicas the tier grants it.")
     gpus: int = Field(ge=0, description="GPUs the grant holds, rolling-update surge included.")
     limited: bool = Field(default=False, description="It asked for more than it was granted.")
+
+
+class PoolUsage(ApiModel):
+    """GPU time granted from one gpuBudget entry over the last 24 hours."""
+
+    pool: str = Field(
+        max_length=63, description="The gpuBudget entry (a GPU product, or '*') drawn from."
+    )
+    gpu_hours: float = Field(
+        ge=0, description="GPU-hours granted to the tier's ModelDeployments from this pool."
+    )
+    budget_gpu_hours: float = Field(
+        ge=0, description="The pool's budget × the hours covered: what full use would be."
+    )
+    utilization_percent: float | None = Field(
+        default=None, description="gpuHours over budgetGpuHours, in percent (unset: no budget)."
+    )
+    cost: str | None = Field(
+        default=None,
+        max_length=32,
+        description="gpuHours × pricePerGpuHour of each product, in spec.currency.",
+    )
+
+
+class ProductHours(ApiModel):
+    """GPU time granted to one GPU product, per clock hour."""
+
+    product: str = Field(
+        max_length=63, description="GPU product: spec.gpu.product, or '*' when unset."
+    )
+    hours: list[list[int]] = Field(
+        default_factory=list,
+        max_length=25,
+        description="[epoch hour, GPU-milliseconds granted in that hour], the last 24 hours.",
+    )
+
+
+class UsageBuckets(ApiModel):
+    """GPU time granted per clock hour, kept in status so that a restarted operator or
+    a new leader still reports the whole last 24 hours (internal). Lists, not maps: a
+    status merge patch replaces a list whole but would keep a product that left a map."""
+
+    v: int = Field(description="Encoding version.")
+    since: int = Field(ge=0, description="Epoch milliseconds when metering of the tier began.")
+    products: list[ProductHours] = Field(
+        default_factory=list,
+        max_length=2 * MAX_BUDGET_ENTRIES,
+        description="Hourly GPU time per GPU product.",
+    )
+
+
+class TierUsageStatus(ApiModel):
+    """What the tier's ModelDeployments were granted over the last 24 hours."""
+
+    as_of: str = Field(max_length=32, description="RFC 3339 time these figures run up to.")
+    window_hours: float = Field(
+        ge=0,
+        description=(
+            "Hours covered: the current clock hour and the 23 before it, or less when "
+            "metering began later."
+        ),
+    )
+    pools: list[PoolUsage] = Field(
+        default_factory=list,
+        max_length=2 * MAX_BUDGET_ENTRIES,
+        description="GPU-hours, utilisation and cost per gpuBudget entry.",
+    )
+    cost: str | None = Field(
+        default=None,
+        max_length=32,
+        description="Cost of every pool together, in spec.currency (unset: no prices).",
+    )
+    currency: str | None = Field(default=None, max_length=3, description="spec.currency.")
+    summary: str | None = Field(
+        default=None, max_length=1024, description="The pools as one line, for kubectl get."
+    )
+    buckets: UsageBuckets | None = Field(
+        default=None, description="Hourly GPU time behind these figures (internal)."
+    )
 
 
 class CapacityTierStatus(ApiModel):
@@ -292,6 +396,9 @@ class CapacityTierStatus(ApiModel):
         description=f"ModelDeployments using the tier, first come first; at most "
         f"{MAX_LISTED_CONSUMERS}, those the budget limits listed first (consumerCount has "
         "them all), so the status stays far below the API server's object size limit.",
+    )
+    usage: TierUsageStatus | None = Field(
+        default=None, description="GPU-hours granted over the last 24 hours, and their cost."
     )
 
 

@@ -321,6 +321,11 @@ MODELDEPLOYMENT = CrdSpec(
         PrinterColumn("Desired", ".status.desiredReplicas", "integer", "Replicas asked for."),
         PrinterColumn("Queue", ".status.queueDepth", "number", "Pending requests per replica."),
         PrinterColumn("Tier", ".status.tier", description="CapacityTier in effect."),
+        PrinterColumn(
+            "SLO",
+            ".status.slo.attainment",
+            description="Requests within the SLO's threshold over its window (estimate).",
+        ),
         PrinterColumn("Backend", ".spec.model.backend", priority=1),
         PrinterColumn("GPU", ".spec.gpu.product", priority=1),
         PrinterColumn("Age", ".metadata.creationTimestamp", "date"),
@@ -343,6 +348,12 @@ CAPACITYTIER = CrdSpec(
         PrinterColumn("Granted", ".status.grantedSummary", description="GPUs granted per pool."),
         PrinterColumn("Free", ".status.freeSummary", description="GPUs not granted per pool."),
         PrinterColumn("Default", ".spec.default", "boolean", priority=1),
+        PrinterColumn(
+            "Used-24h",
+            ".status.usage.summary",
+            description="GPU-hours granted per pool over the last 24 h, utilisation and cost.",
+            priority=1,
+        ),
         PrinterColumn("Age", ".metadata.creationTimestamp", "date"),
     ),
 )

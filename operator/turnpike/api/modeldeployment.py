@@ -498,6 +498,48 @@ class Autoscaling(ApiModel):
         return self
 
 
+class SLOLatency(StrEnum):
+    QUEUE_WAIT = "queueWait"
+    REQUEST_LATENCY = "requestLatency"
+
+
+class SLO(ApiModel):
+    """A latency objective the deployment is held to, and measured against.
+
+    "objectivePercent of requests finish within thresholdMilliseconds over the
+    last windowMinutes". Triton exports cumulative latency counters only, so
+    without the gateway the fraction within the threshold is estimated from
+    each pod's mean per scrape interval; status.slo.method and
+    status.slo.attainmentLowerBoundPercent say how (see docs/slo.md).
+    """
+
+    latency: SLOLatency = Field(
+        default=SLOLatency.REQUEST_LATENCY,
+        description=(
+            "Which latency the objective is on. requestLatency: Triton's whole request "
+            "(queue, compute, overhead), network excluded; queueWait: the time a request "
+            "waits in Triton's scheduler queue."
+        ),
+    )
+    threshold_milliseconds: float = Field(
+        gt=0,
+        le=3_600_000,
+        description="A request within this latency (ms) counts as good.",
+    )
+    objective_percent: float = Field(
+        default=99.0,
+        gt=0,
+        lt=100,
+        description="Share of requests that must be good over the window, e.g. 99 or 99.9.",
+    )
+    window_minutes: int = Field(
+        default=1440,
+        ge=5,
+        le=43_200,
+        description="Compliance window, in minutes (default one day, at most 30 days).",
+    )
+
+
 MD_SPEC_RULES = (
     Rule(
         cel="!has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
@@ -573,6 +615,13 @@ class ModelDeploymentSpec(ApiModel):
     tier: DNSLabel | None = Field(
         default=None,
         description="CapacityTier whose GPUs this deployment uses. Unset: the default tier.",
+    )
+    slo: SLO | None = Field(
+        default=None,
+        description=(
+            "Latency objective: measured into status.slo and condition SLOMet, and served "
+            "by the autoscaler (it scales up on the SLO's latency too)."
+        ),
     )
 
     @model_validator(mode="after")

@@ -49,6 +49,139 @@ class AutoscalerHistory(ApiModel):
     )
 
 
+class SLOBuckets(ApiModel):
+    """The counts behind status.slo, so a restart or a new leader keeps the window
+    (the encoding of turnpike.slo.window.Window)."""
+
+    v: int = Field(description="Encoding version.")
+    key: str = Field(max_length=128, description="The SLO these counts measure.")
+    fine: list[list[float]] = Field(
+        default_factory=list,
+        max_length=120,
+        description="[epoch minute, requests, good, good lower bound] per minute.",
+    )
+    coarse: list[list[float]] = Field(
+        default_factory=list,
+        max_length=400,
+        description="[epoch minute, requests, good, good lower bound] per coarse bucket.",
+    )
+
+
+class SLOStatus(ApiModel):
+    """How the deployment does against spec.slo (see docs/slo.md for the method)."""
+
+    method: str = Field(
+        max_length=64,
+        description=(
+            "How good requests are counted. tritonMean: each pod's mean latency per scrape "
+            "interval decides for all requests of that interval (exact when they lie on one "
+            "side of the threshold)."
+        ),
+    )
+    attainment: str | None = Field(
+        default=None, max_length=16, description="attainmentPercent as text, for kubectl get."
+    )
+    attainment_percent: float | None = Field(
+        default=None, description="Good requests over the window, in percent (estimate)."
+    )
+    attainment_lower_bound_percent: float | None = Field(
+        default=None,
+        description=(
+            "A guaranteed lower bound of attainmentPercent from the same data (Markov's "
+            "inequality on each interval's mean)."
+        ),
+    )
+    requests: int = Field(default=0, ge=0, description="Requests counted in the window.")
+    window_covered_minutes: float = Field(
+        default=0, ge=0, description="How much of the window has measurements."
+    )
+    error_budget_remaining_percent: float | None = Field(
+        default=None,
+        description="Share of the window's error budget not yet spent (negative: overspent).",
+    )
+    burn_rate: float | None = Field(
+        default=None,
+        description=(
+            "Error budget spending over the last 5 minutes, in multiples of the sustainable "
+            "rate (1: the budget lasts exactly the window)."
+        ),
+    )
+    burn_rate_hour: float | None = Field(default=None, description="The same over the last hour.")
+    latency_ms: float | None = Field(
+        default=None, description="Mean latency (ms) of the SLO's kind over the last interval."
+    )
+    buckets: SLOBuckets | None = Field(
+        default=None, description="Measurement window state (internal; survives restarts)."
+    )
+
+
+# A deployment that changes tier or GPU product starts a new series of counters;
+# status keeps this many (the current one included), enough for every move a
+# deployment makes in practice while staying small.
+MAX_USAGE_SERIES = 8
+
+
+class UsageSeries(ApiModel):
+    """One (tier, product) pair's part of the totals: the values of the exported
+    counters with these labels, so they continue where they were after a restart."""
+
+    tier: str = Field(
+        max_length=63, description="CapacityTier in effect while counted ('' for none)."
+    )
+    product: str = Field(
+        max_length=63, description="GPU product: spec.gpu.product, or '*' when unset."
+    )
+    gpu_seconds_granted: float = Field(
+        ge=0, description="GPU-seconds granted under this tier and product."
+    )
+    gpu_seconds_ready: float = Field(
+        ge=0, description="GPU-seconds of ready pods under this tier and product."
+    )
+
+
+class ModelDeploymentUsage(ApiModel):
+    """What the GPU meter counted for this deployment since metering began, stored so
+    that a restarted operator or a new leader continues instead of starting over."""
+
+    gpu_seconds_granted: float = Field(
+        ge=0,
+        description=(
+            "GPU-seconds granted: the integral over time of the replicas the operator "
+            "granted × GPUs per replica."
+        ),
+    )
+    gpu_seconds_ready: float = Field(
+        ge=0,
+        description=(
+            "GPU-seconds of ready pods: the integral over time of the GPUs of the pods whose "
+            "Ready condition is True (terminating pods excluded)."
+        ),
+    )
+    requests_served: int = Field(
+        ge=0,
+        description=(
+            "Requests completed by the pods (Triton's success and failure counters), counted "
+            "between scrapes while the autoscaler or the SLO reads them."
+        ),
+    )
+    as_of: str = Field(
+        max_length=32,
+        description=(
+            "RFC 3339 time the totals run up to. An operator that starts later resumes from "
+            "here and adds the time since from what it can still see: the granted replicas "
+            "and each ready pod's Ready transition time."
+        ),
+    )
+    series: list[UsageSeries] = Field(
+        default_factory=list,
+        max_length=MAX_USAGE_SERIES,
+        description=(
+            "The totals by tier and GPU product, as the operator's counters export them; "
+            f"the {MAX_USAGE_SERIES} most recent pairs."
+        ),
+    )
+
+
 class ModelDeploymentStatus(ApiModel):
     """Observed state of a ModelDeployment, written by the operator only."""
 
@@ -76,3 +209,7 @@ class ModelDeploymentStatus(ApiModel):
     )
     tier: str | None = Field(default=None, description="CapacityTier in effect.")
     gpus: int | None = Field(default=None, description="GPUs held by current pods.")
+    slo: SLOStatus | None = Field(default=None, description="Measured against spec.slo.")
+    usage: ModelDeploymentUsage | None = Field(
+        default=None, description="GPU time and requests metered for this deployment."
+    )

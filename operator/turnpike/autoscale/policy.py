@@ -153,6 +153,25 @@ class Params:
 
 
 @dataclass(frozen=True, slots=True)
+class SLOSignal:
+    """The latency objective's view of this tick (see :func:`turnpike.slo`).
+
+    ``latency_ms`` is the mean of the SLO's latency over the last interval and
+    ``queue_wait_ms`` the queue wait within it: only that part shrinks with
+    more replicas. ``burn_rate`` is the error budget's spending over the last
+    minutes (1: sustainable).
+    """
+
+    name: str
+    threshold_ms: float
+    latency_ms: float | None
+    queue_wait_ms: float | None
+    burn_rate: float | None
+    # True when the objective is on the queue wait itself (no service time in it).
+    on_queue_wait: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     """What to run and why; ``history`` is the state to store for next time."""
 
@@ -211,6 +230,7 @@ def decide(
     now: float,
     observation: Observation | None,
     budget: int | BudgetCap | None = None,
+    slo: SLOSignal | None = None,
 ) -> Decision:
     """Desired replicas for one tick.
 
@@ -219,7 +239,9 @@ def decide(
     time share one wall clock (seconds since the epoch): the history outlives
     the process, so a monotonic clock would not do. ``budget`` is the most
     replicas the GPU capacity layer grants; it caps growth but never removes
-    running replicas by itself.
+    running replicas by itself. ``slo``, with an SLO set, also scales up when the
+    SLO's latency is above its threshold and holds scale-downs while its error
+    budget burns (see :func:`_serve_slo`).
     """
     if current < 0 or ready < 0 or starting < 0:
         raise ValueError("replica counts must be >= 0")
@@ -259,6 +281,10 @@ def decide(
         desired, reason = _recommend(
             params, current, ready, starting, history, now_ms, load, observation, flags
         )
+        if slo is not None:
+            desired, reason = _serve_slo(
+                params, slo, current, ready, serving, desired, reason, flags
+            )
 
     desired, reason = _clamp(params, current, desired, reason, flags)
     wanted = desired
@@ -404,6 +430,55 @@ def _recommend(
         f"scale down {current}→{desired} (stabilization window"
     )
     return desired, reason + limit + ")"
+
+
+def _serve_slo(
+    p: Params,
+    slo: SLOSignal,
+    current: int,
+    ready: int,
+    serving: int,
+    desired: int,
+    reason: str,
+    flags: _Flags,
+) -> tuple[int, str]:
+    """The SLO's say in the decision, after the queue's.
+
+    Up: when the interval's mean latency is above the threshold, the queue wait
+    should shrink to what the threshold leaves after the service time, by the
+    HPA's ratio rule (serving × wait / allowed wait), bounded like any scale-up
+    (max_scale_up_rate × the ready replicas). A threshold below the service
+    time cannot be met by adding replicas: the reason says so and nothing
+    scales. Down: never while the error budget burns faster than sustainable.
+    """
+    latency, wait = slo.latency_ms, slo.queue_wait_ms
+    if latency is not None and latency > slo.threshold_ms and serving > 0:
+        waited = latency if slo.on_queue_wait else (wait or 0.0)
+        allowed = slo.threshold_ms - (latency - waited)
+        what = f"SLO {slo.name}: latency {_fmt(latency)}ms > {_fmt(slo.threshold_ms)}ms"
+        if allowed <= 0 or waited <= 0:
+            service = latency - waited
+            return desired, (
+                f"{reason}; {what}, but requests spend {_fmt(service)}ms outside the "
+                "queue: more replicas cannot meet it"
+            )
+        wanted = max(current + 1, _ceil(serving * waited / allowed))
+        bound = max(_ceil(ready * p.max_scale_up_rate), ready + 1)
+        slo_desired = max(current, min(wanted, bound))
+        if slo_desired <= desired:
+            return desired, reason
+        flags.limited_by_rate = wanted > slo_desired
+        limit = f"; wanted {wanted}, maxScaleUpRate {_fmt(p.max_scale_up_rate)}× {ready} ready"
+        return slo_desired, (
+            f"{what} (queue wait {_fmt(waited)}ms of the {_fmt(allowed)}ms it may take): "
+            f"scale up {current}→{slo_desired}" + (limit if flags.limited_by_rate else "")
+        )
+    if desired < current and slo.burn_rate is not None and slo.burn_rate > 1:
+        return current, (
+            f"{reason}; but SLO {slo.name} burns its error budget at "
+            f"{_fmt(slo.burn_rate)}× the sustainable rate: hold {current}"
+        )
+    return desired, reason
 
 
 def _capacity_floor(

@@ -39,10 +39,13 @@ QUEUE_DURATION = "nv_inference_queue_duration_us"
 REQUEST_SUCCESS = "nv_inference_request_success"
 REQUEST_FAILURE = "nv_inference_request_failure"
 COMPUTE_INFER = "nv_inference_compute_infer_duration_us"
+REQUEST_DURATION = "nv_inference_request_duration_us"
 
 # Per-model families that prove a model is loaded (Triton emits them for every
 # loaded model version, zero-valued until traffic arrives).
 _PER_MODEL = frozenset({PENDING, QUEUE_DURATION, REQUEST_SUCCESS, REQUEST_FAILURE})
+# Summed per model like _PER_MODEL, but not required to prove the model loaded.
+_PER_MODEL_OPTIONAL = frozenset({REQUEST_DURATION})
 
 # Bounds on the parser's work. Triton's exposition is tens of KiB and a few
 # hundred lines (a thousand with many models and GPUs); the text parser costs
@@ -69,6 +72,10 @@ class PodMetrics:
     trtllm_waiting: float = 0.0
     queue_duration_us: float = 0.0
     requests: float = 0.0
+    # Successful requests alone, and their cumulative whole-request time (the
+    # SLO's requestLatency): Triton adds request time for successes only.
+    success: float = 0.0
+    request_duration_us: float = 0.0
     # Cumulative compute time over every model of the pod (None: not exported).
     compute_infer_us: float | None = None
     # TensorRT-LLM requests executing (None: no TensorRT-LLM executor).
@@ -109,7 +116,9 @@ def parse_triton_metrics(text: str, model: str | None = None) -> PodMetrics:
     except Exception as exc:  # the parser raises assorted types on bad input
         raise MetricsParseError(f"not Prometheus text exposition: {_short(exc)}") from exc
 
-    sums = dict.fromkeys((PENDING, QUEUE_DURATION, REQUEST_SUCCESS, REQUEST_FAILURE), 0.0)
+    sums = dict.fromkeys(
+        (PENDING, QUEUE_DURATION, REQUEST_SUCCESS, REQUEST_FAILURE, REQUEST_DURATION), 0.0
+    )
     waiting = 0.0
     active: float | None = None
     compute: float | None = None
@@ -125,6 +134,10 @@ def parse_triton_metrics(text: str, model: str | None = None) -> PodMetrics:
                 if model is not None and sample.labels.get("model") != model:
                     continue
                 seen_model = True
+                sums[name] += _checked(name, sample.value)
+            elif name in _PER_MODEL_OPTIONAL:
+                if model is not None and sample.labels.get("model") != model:
+                    continue
                 sums[name] += _checked(name, sample.value)
             elif name == TRTLLM_REQUESTS and sample.labels.get("request_type") == "waiting":
                 waiting += _checked(name, sample.value)
@@ -148,6 +161,8 @@ def parse_triton_metrics(text: str, model: str | None = None) -> PodMetrics:
         trtllm_waiting=waiting,
         queue_duration_us=sums[QUEUE_DURATION],
         requests=sums[REQUEST_SUCCESS] + sums[REQUEST_FAILURE],
+        success=sums[REQUEST_SUCCESS],
+        request_duration_us=sums[REQUEST_DURATION],
         compute_infer_us=compute,
         trtllm_active=active,
     )
@@ -178,6 +193,44 @@ def queue_wait_ms(
     if completed <= 0:
         return None
     return waited_us / completed / 1000.0
+
+
+@dataclass(frozen=True, slots=True)
+class CounterDelta:
+    """What one pod's cumulative counters gained between two scrapes."""
+
+    success: float
+    failure: float
+    queue_duration_us: float
+    request_duration_us: float
+
+    @property
+    def completed(self) -> float:
+        return self.success + self.failure
+
+
+def counter_delta(previous: PodMetrics | None, current: PodMetrics) -> CounterDelta | None:
+    """The increase of one pod's request counters since ``previous``.
+
+    None without a previous reading (the interval is unknown). Any counter
+    that went down means Triton restarted: as Prometheus' ``rate()`` does, the
+    current values are then the increase since the restart.
+    """
+    if previous is None:
+        return None
+    if (
+        current.requests < previous.requests
+        or current.success < previous.success
+        or current.queue_duration_us < previous.queue_duration_us
+        or current.request_duration_us < previous.request_duration_us
+    ):
+        previous = PodMetrics()
+    return CounterDelta(
+        success=current.success - previous.success,
+        failure=(current.requests - current.success) - (previous.requests - previous.success),
+        queue_duration_us=current.queue_duration_us - previous.queue_duration_us,
+        request_duration_us=current.request_duration_us - previous.request_duration_us,
+    )
 
 
 def pod_in_flight(
@@ -220,6 +273,8 @@ class Observation:
     queues: Mapping[str, float] = field(default_factory=dict)
     failed: Mapping[str, str] = field(default_factory=dict)
     in_flight: float | None = None
+    # Per pod that answered twice in a row: its counters' increase over the interval.
+    deltas: Mapping[str, CounterDelta] = field(default_factory=dict)
 
     @property
     def pods_total(self) -> int:

@@ -38,9 +38,11 @@ from turnpike.autoscale.signal import (
     REQUEST_FAILURE,
     REQUEST_SUCCESS,
     TRTLLM_REQUESTS,
+    CounterDelta,
     MetricsParseError,
     Observation,
     PodMetrics,
+    counter_delta,
     parse_triton_metrics,
     pod_in_flight,
     queue_wait_ms,
@@ -59,6 +61,10 @@ class PodTarget:
 
     name: str
     ip: str
+    # Every request its Triton counted is new to the caller (the pod started
+    # while the caller was already measuring): its first reading counts from zero
+    # instead of being only the baseline of the next one.
+    fresh: bool = False
 
 
 class MetricsSource(Protocol):
@@ -197,6 +203,15 @@ class PodScrapeSource(_SessionHolder):
                 started - previous_t if previous_t is not None else None,
             )
             in_flight = None if busy is None or in_flight is None else in_flight + busy
+        deltas: dict[str, CounterDelta] = {}
+        fresh = {pod.name for pod in targets if pod.fresh}
+        for name, metrics in results.items():
+            before = self._previous.get(name)
+            if before is None and name in fresh:
+                before = PodMetrics()
+            delta = counter_delta(before, metrics)
+            if delta is not None:
+                deltas[name] = delta
         # Keep old counters of pods that failed this round: the next delta
         # then spans two intervals, which is still a correct mean.
         self._previous = {
@@ -217,6 +232,7 @@ class PodScrapeSource(_SessionHolder):
             queues={name: m.queue for name, m in results.items()},
             failed=failed,
             in_flight=in_flight,
+            deltas=deltas,
         )
 
     async def _scrape(

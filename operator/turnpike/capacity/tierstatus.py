@@ -7,6 +7,9 @@ specific to a budget:
 - Degraded: a human should look: pools granted beyond budget (a budget was cut
   below what runs; nothing is revoked), or several tiers claim to be the default.
 - Saturated: some deployment got fewer replicas than it asked for.
+- Overcommitted (dedicated and reserved tiers only): the budgets of every such
+  tier exceed the GPUs the nodes have (see :mod:`turnpike.capacity.overcommit`).
+  A warning beside the others: grants stay within the tier's own budget either way.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from turnpike.capacity.ledger import (
     order_key,
     usage_of,
 )
+from turnpike.capacity.overcommit import CONDITION as OVERCOMMITTED
+from turnpike.capacity.overcommit import PROMISING, PoolCommitment, overcommit_condition
 from turnpike.status.conditions import merge_conditions
 
 Wanted = tuple[str, ConditionStatus, str, str]
@@ -48,6 +53,7 @@ def tier_status(
     *,
     now: str,
     default_tiers: Iterable[str] = (),
+    commitments: Mapping[str, PoolCommitment] | None = None,
 ) -> CapacityTierStatus:
     """The tier's next status.
 
@@ -56,6 +62,9 @@ def tier_status(
     the pool each consumer draws from. ``default_tiers`` names every tier whose
     spec.default is true, so a conflict can be reported on each of them.
     ``now`` is an RFC 3339 time; conditions that did not flip keep theirs.
+    ``commitments`` are every dedicated and reserved tier's budgets against the
+    nodes' GPUs (:func:`turnpike.capacity.overcommit.commitments`); None while the
+    nodes are not known yet, which keeps the Overcommitted condition as it was.
     """
     allocations = allowed_replicas(tier, consumers)
     usage = usage_of(tier, allocations)
@@ -92,6 +101,7 @@ def tier_status(
         other_defaults=sorted(set(default_tiers) - {tier.name}) if tier.spec.default else [],
         consumers=len(consumers),
     )
+    wanted += _overcommitted(tier, commitments, previous)
     return CapacityTierStatus(
         observed_generation=generation,
         conditions=merge_conditions(previous.conditions, wanted, generation, now),
@@ -166,6 +176,23 @@ def _conditions(
         else ("Saturated", "False", "WithinBudget", "")
     )
     return [ready, degraded, saturated]
+
+
+def _overcommitted(
+    tier: CapacityTier,
+    commitments: Mapping[str, PoolCommitment] | None,
+    previous: CapacityTierStatus,
+) -> list[Wanted]:
+    if commitments is not None:
+        wanted = overcommit_condition(tier, commitments)
+        return [wanted] if wanted is not None else []
+    if tier.spec.tier_class not in PROMISING:
+        return []  # on-demand and spot tiers promise nothing
+    return [
+        (c.type, c.status, c.reason, c.message)
+        for c in previous.conditions
+        if c.type == OVERCOMMITTED
+    ]
 
 
 def _count(n: int) -> str:

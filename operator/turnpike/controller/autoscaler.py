@@ -16,6 +16,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -24,7 +25,7 @@ from turnpike.api.modeldeployment import MetricsSource as SourceKind
 from turnpike.api.modeldeployment import ModelDeployment
 from turnpike.api.status import AutoscalerHistory, ModelDeploymentStatus
 from turnpike.autoscale.history import History
-from turnpike.autoscale.policy import BudgetCap, Decision, Params, decide
+from turnpike.autoscale.policy import BudgetCap, Decision, Params, SLOSignal, decide
 from turnpike.autoscale.signal import Observation
 from turnpike.autoscale.sources import (
     MetricsSource,
@@ -38,6 +39,10 @@ from turnpike.controller.metrics import Metrics
 from turnpike.kube import KubeAPI
 from turnpike.kube.resources import POD
 from turnpike.render import selector
+from turnpike.slo import Report, Window, interval_of, window_key
+from turnpike.slo.estimate import QUEUE_WAIT
+from turnpike.slo.report import burn_rate, slo_status
+from turnpike.slo.window import FAST_BURN_MINUTES
 
 Key = tuple[str, str]
 STATUS_FLUSH_SECONDS = 15.0
@@ -50,8 +55,33 @@ def pod_is_ready(pod: dict[str, Any]) -> bool:
     )
 
 
-def split_pods(pods: list[dict[str, Any]]) -> tuple[list[PodTarget], int]:
-    """Ready pods with an IP (scrape targets) and the number still starting."""
+def started_after(pod: dict[str, Any], since: float) -> bool:
+    """Whether every container of the pod (re)started after ``since`` (epoch seconds)."""
+    statuses = pod.get("status", {}).get("containerStatuses") or []
+    if not statuses:
+        return False
+    for status in statuses:
+        started = (status.get("state", {}).get("running") or {}).get("startedAt")
+        if not isinstance(started, str):
+            return False
+        try:
+            when = datetime.fromisoformat(started.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return False
+        if when < since:
+            return False
+    return True
+
+
+def split_pods(
+    pods: list[dict[str, Any]], *, measuring_since: float | None = None
+) -> tuple[list[PodTarget], int]:
+    """Ready pods with an IP (scrape targets) and the number still starting.
+
+    With ``measuring_since`` (epoch seconds), a pod whose containers all started
+    after it is ``fresh``: its Triton began counting while the caller already
+    measured, so none of its requests were counted yet.
+    """
     ready: list[PodTarget] = []
     starting = 0
     for pod in pods:
@@ -59,7 +89,8 @@ def split_pods(pods: list[dict[str, Any]]) -> tuple[list[PodTarget], int]:
             continue
         ip = pod.get("status", {}).get("podIP")
         if pod_is_ready(pod) and ip:
-            ready.append(PodTarget(pod["metadata"]["name"], ip))
+            fresh = measuring_since is not None and started_after(pod, measuring_since)
+            ready.append(PodTarget(pod["metadata"]["name"], ip, fresh))
         elif pod.get("status", {}).get("phase") in (None, "Pending", "Running"):
             starting += 1
     return sorted(ready, key=lambda t: t.name), starting
@@ -73,6 +104,14 @@ class _State:
     flushed_at: float = 0.0
     last: Tick | None = None
     last_at: float = 0.0
+    # The SLO's window (None without spec.slo) and the last round's report.
+    slo: Window | None = None
+    slo_report: Report | None = None
+    slo_flushed_at: float = 0.0
+    read_at: float | None = None
+    # When this operator began measuring the deployment (epoch seconds): pods
+    # started later have every request still in their counters.
+    created_at: float = 0.0
 
 
 @dataclass
@@ -86,6 +125,8 @@ class Reading:
     starting: int = 0
     observation: Observation | None = None
     held: Tick | None = None
+    # The SLO's window after this round (None without spec.slo).
+    slo: Report | None = None
 
 
 @dataclass
@@ -135,7 +176,19 @@ class Autoscaler:
             )
         raw = stored.autoscaler.to_k8s() if stored.autoscaler is not None else None
         history = state.history if state is not None else History.restore(raw, spec.metric.value)
-        state = _State(source, kind, history)
+        state = (
+            _State(source, kind, history, created_at=self.clock())
+            if state is None
+            else replace(state, source=source, source_kind=kind, last=None, last_at=0.0)
+        )
+        if state.slo is None and md.spec.slo is not None and stored.slo is not None:
+            buckets = stored.slo.buckets
+            state.slo = Window.restore(
+                buckets.to_k8s() if buckets is not None else None,
+                window_key(md.spec.slo),
+                md.spec.slo.window_minutes,
+                self.clock(),
+            )
         self._states[key] = state
         return state
 
@@ -151,24 +204,102 @@ class Autoscaler:
         reading = await self.read(key, md, stored)
         return self.decide(key, md, reading, current, budget)
 
-    async def read(self, key: Key, md: ModelDeployment, stored: ModelDeploymentStatus) -> Reading:
-        """List the pods and sample their metrics (the tick's I/O)."""
+    async def read(
+        self,
+        key: Key,
+        md: ModelDeployment,
+        stored: ModelDeploymentStatus,
+        *,
+        autoscaled: bool = True,
+    ) -> Reading:
+        """List the pods and sample their metrics (the tick's I/O). With ``autoscaled``
+        false the round only feeds the SLO's window (spec.slo without autoscaling)."""
         state = self._source(key, md, stored)
         interval = float(md.spec.autoscaling.scrape_interval_seconds)
-        if state.last is not None and self.clock() - state.last_at < 0.9 * interval:
+        now = self.clock()
+        if autoscaled and state.last is not None and now - state.last_at < 0.9 * interval:
             # Reconciles triggered by other events (a child changed, status written)
             # must not add samples: the policy's windows count samples, and a burst
             # of extra zero readings would dilute the panic window.
             held = replace(state.last.decision, current=state.last.decision.replicas)
             tick = Tick(held, state.last.ready, state.last.starting, flush=False)
-            return Reading(time=state.last_at, held=tick)
+            return Reading(time=state.last_at, held=tick, slo=self._held_slo(state))
+        if not autoscaled and state.read_at is not None and now - state.read_at < 0.9 * interval:
+            return Reading(time=state.read_at, slo=self._held_slo(state))
         if self.cache is not None and self.cache.pods_synced:
             pods = self.cache.pods_of(*key)
         else:
             pods = await self.kube.list(POD, key[0], label_selector=selector(md))
-        targets, starting = split_pods(pods)
+        targets, starting = split_pods(pods, measuring_since=state.created_at)
         observation = await state.source.sample(targets) if targets else None
-        return Reading(self.clock(), pods, len(targets), starting, observation)
+        now = self.clock()
+        state.read_at = now
+        return Reading(
+            now,
+            pods,
+            len(targets),
+            starting,
+            observation,
+            slo=self._measure(state, md, now, observation),
+        )
+
+    def _held_slo(self, state: _State) -> Report | None:
+        report = state.slo_report
+        return replace(report, flush=False) if report is not None else None
+
+    def _measure(
+        self, state: _State, md: ModelDeployment, now: float, observation: Observation | None
+    ) -> Report | None:
+        """Add this round's requests to the SLO's window (pure work, no I/O)."""
+        slo = md.spec.slo
+        if slo is None:
+            state.slo = state.slo_report = None
+            return None
+        key = window_key(slo)
+        window = state.slo
+        if window is None or window.key != key:
+            window = Window.empty(key, slo.window_minutes)
+        unavailable: str | None = None
+        interval = None
+        if observation is not None:
+            if md.spec.autoscaling.source is SourceKind.PROMETHEUS:
+                unavailable = (
+                    "the SLO is measured from the pods' own Triton metrics; "
+                    "autoscaling.source prometheus does not give per-pod intervals"
+                )
+            elif not observation.usable:
+                unavailable = f"no pod answered ({observation.failure_summary()})"
+            interval = interval_of(
+                observation.deltas, slo.latency.value, slo.threshold_milliseconds
+            )
+            window = window.add(now, interval.counts)
+        else:
+            window = window.trimmed(now)
+        flush = now - state.slo_flushed_at >= STATUS_FLUSH_SECONDS
+        if flush:
+            state.slo_flushed_at = now
+        state.slo = window
+        state.slo_report = Report(window, now, interval, unavailable, flush)
+        self._export_slo(md, state.slo_report)
+        return state.slo_report
+
+    def _export_slo(self, md: ModelDeployment, report: Report) -> None:
+        slo = md.spec.slo
+        assert slo is not None
+        labels = (md.metadata.namespace or "", md.metadata.name)
+        status = slo_status(slo, report)
+        self.metrics.slo_objective.labels(*labels).set(slo.objective_percent)
+        for gauge, value in (
+            (self.metrics.slo_attainment.labels(*labels), status.attainment_percent),
+            (
+                self.metrics.slo_budget_remaining.labels(*labels),
+                status.error_budget_remaining_percent,
+            ),
+            (self.metrics.slo_burn_rate.labels(*labels, "5m"), status.burn_rate),
+            (self.metrics.slo_burn_rate.labels(*labels, "1h"), status.burn_rate_hour),
+        ):
+            if value is not None:
+                gauge.set(value)
 
     def decide(
         self,
@@ -198,6 +329,7 @@ class Autoscaler:
             now=now,
             observation=reading.observation,
             budget=budget,
+            slo=slo_signal(md, reading.slo),
         )
         state.history = decision.history
         flush = decision.changed or now - state.flushed_at >= STATUS_FLUSH_SECONDS
@@ -219,9 +351,15 @@ class Autoscaler:
             self.metrics.queue_depth,
             self.metrics.desired_replicas,
             self.metrics.ready_replicas,
+            self.metrics.slo_attainment,
+            self.metrics.slo_objective,
+            self.metrics.slo_budget_remaining,
         ):
             with contextlib.suppress(KeyError):
                 gauge.remove(*key)
+        for window in ("5m", "1h"):
+            with contextlib.suppress(KeyError):
+                self.metrics.slo_burn_rate.remove(*key, window)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -230,3 +368,20 @@ class Autoscaler:
 
 def history_status(history: History) -> AutoscalerHistory:
     return AutoscalerHistory.model_validate(history.to_dict())
+
+
+def slo_signal(md: ModelDeployment, report: Report | None) -> SLOSignal | None:
+    """What the policy needs of the SLO this tick (None: no SLO or nothing measured)."""
+    slo = md.spec.slo
+    if slo is None or report is None:
+        return None
+    interval = report.interval
+    burn = burn_rate(report.window.recent(report.now, FAST_BURN_MINUTES), slo.objective_percent)
+    return SLOSignal(
+        name=f"{slo.latency.value} ≤ {slo.threshold_milliseconds:g}ms",
+        threshold_ms=slo.threshold_milliseconds,
+        latency_ms=interval.latency_ms if interval is not None else None,
+        queue_wait_ms=interval.queue_wait_ms if interval is not None else None,
+        burn_rate=burn,
+        on_queue_wait=slo.latency.value == QUEUE_WAIT,
+    )

@@ -22,6 +22,7 @@ evaluation reads a sum instead of walking the fleet.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,7 @@ from turnpike.kube.resources import (
     SERVICE,
     Resource,
 )
+from turnpike.render.deployment import GPU_RESOURCE
 from turnpike.render.labels import LABEL_MANAGED_BY, LABEL_MODEL_DEPLOYMENT, MANAGER
 from turnpike.render.names import child_name, label_value
 
@@ -92,12 +94,20 @@ class Cache:
             self.deployment_seen("MODIFIED", applied)
         else:
             self._reaccount(key)
+
     # Pods by namespace and the ModelDeployment label, trimmed to what the
     # autoscaler and status read; fed by PodReflector once pods_synced is set.
     _pods: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
     _pod_group: dict[Key, Key] = field(default_factory=dict)  # (ns, pod) -> group
     # Namespaces (None: all) whose pod LIST has not landed yet.
     _pod_scopes: set[str | None] | None = None
+    # Told of every change to a group's pods as the watch delivers it (the GPU meter
+    # counts a Ready transition at that moment, not at the next reconcile), and of
+    # every ModelDeployment deleted (the work queue forgets those keys).
+    on_pods_changed: Callable[[Key], None] | None = None
+    on_model_deleted: Callable[[Key], None] | None = None
+    # Groups a relist touched, told once it has landed (None: not relisting).
+    _pods_batch: set[Key] | None = None
 
     def expect_pods(self, scopes: tuple[str | None, ...]) -> None:
         """Pods will come from reflectors of these scopes (see PodReflector)."""
@@ -117,20 +127,36 @@ class Cache:
             if not members:
                 self._pods.pop(old_group, None)
         group_label = (metadata.get("labels") or {}).get(LABEL_MODEL_DEPLOYMENT)
-        if event == "DELETED" or group_label is None:
-            return
-        group = (metadata["namespace"], group_label)
-        self._pod_group[pod_key] = group
-        self._pods.setdefault(group, {})[metadata["name"]] = trimmed_pod(body)
+        group = (metadata["namespace"], group_label) if group_label is not None else None
+        if event != "DELETED" and group is not None:
+            self._pod_group[pod_key] = group
+            self._pods.setdefault(group, {})[metadata["name"]] = trimmed_pod(body)
+        self._pods_changed({g for g in (old_group, group) if g is not None})
+
+    def _pods_changed(self, groups: set[Key]) -> None:
+        if self._pods_batch is not None:
+            self._pods_batch |= groups
+        elif self.on_pods_changed is not None:
+            for group in sorted(groups):
+                self.on_pods_changed(group)
 
     def replace_pods(self, bodies: list[dict[str, Any]], namespace: str | None = None) -> None:
-        """A fresh LIST of ``namespace`` (None: all): forget its pods and take these."""
-        for pod_key in [k for k in self._pod_group if namespace in (None, k[0])]:
-            self.pod_seen("DELETED", {"metadata": {"namespace": pod_key[0], "name": pod_key[1]}})
-        for body in bodies:
-            self.pod_seen("ADDED", body)
+        """A fresh LIST of ``namespace`` (None: all): forget its pods and take these.
+        Listeners hear of each group once, after, so a pod that is in both the old
+        and the new view never looks gone for a moment."""
+        self._pods_batch = set()
+        try:
+            for pod_key in [k for k in self._pod_group if namespace in (None, k[0])]:
+                self.pod_seen(
+                    "DELETED", {"metadata": {"namespace": pod_key[0], "name": pod_key[1]}}
+                )
+            for body in bodies:
+                self.pod_seen("ADDED", body)
+        finally:
+            touched, self._pods_batch = self._pods_batch, None
         if self._pod_scopes is not None:
             self._pod_scopes.discard(namespace)
+        self._pods_changed(touched)
 
     def pods_of(self, namespace: str, name: str) -> list[dict[str, Any]]:
         """The pods of ModelDeployment ``name`` (its selector's label), by name."""
@@ -222,6 +248,8 @@ class Cache:
             self.models.pop(key, None)
             self._parsed.pop(key, None)
             self._own_writes.pop(key, None)
+            if self.on_model_deleted is not None:
+                self.on_model_deleted(key)
         else:
             self.models[key] = body
         self._reaccount(key)
@@ -339,8 +367,9 @@ def without_managed_fields(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def trimmed_pod(body: dict[str, Any]) -> dict[str, Any]:
-    """What the autoscaler (readiness, IP, phase) and status (scheduler conditions)
-    read of a pod: a few hundred bytes kept instead of the whole object."""
+    """What the autoscaler (readiness, IP, phase), status (scheduler conditions) and
+    the GPU meter (GPUs, when Ready turned) read of a pod: a few hundred bytes kept
+    instead of the whole object."""
     metadata, status = body["metadata"], body.get("status") or {}
     kept_metadata = {
         k: metadata[k]
@@ -349,10 +378,20 @@ def trimmed_pod(body: dict[str, Any]) -> dict[str, Any]:
     }
     kept_status = {k: status[k] for k in ("phase", "podIP") if k in status}
     kept_status["conditions"] = [
-        {k: c[k] for k in ("type", "status", "reason", "message") if k in c}
+        {k: c[k] for k in ("type", "status", "reason", "message", "lastTransitionTime") if k in c}
         for c in status.get("conditions") or []
     ]
-    return {"metadata": kept_metadata, "status": kept_status}
+    containers = []
+    for container in (body.get("spec") or {}).get("containers") or []:
+        resources = container.get("resources") or {}
+        gpus = {
+            kind: {GPU_RESOURCE: resources[kind][GPU_RESOURCE]}
+            for kind in ("limits", "requests")
+            if GPU_RESOURCE in (resources.get(kind) or {})
+        }
+        if gpus:
+            containers.append({"resources": gpus})
+    return {"metadata": kept_metadata, "spec": {"containers": containers}, "status": kept_status}
 
 
 def same_version(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -18,6 +18,7 @@ from typing import Any, cast
 import kopf
 
 from turnpike.api.constants import GROUP, VERSION
+from turnpike.capacity.overcommit import PROMISING
 from turnpike.controller.cache import Cache, owner_key
 from turnpike.controller.workqueue import WorkQueue
 from turnpike.kube import Kube
@@ -96,11 +97,16 @@ def build_registry(
             return
         else:
             tier_versions[name] = version
+        if tiers is not None:
+            # Dedicated and reserved budgets are compared with the nodes' GPUs all
+            # together (Overcommitted): one tier's budget or class changes the others'.
+            for other, other_body in list(cache.tiers.items()):
+                if (other_body.get("spec") or {}).get("class") in PROMISING:
+                    tiers.add(("", other))
         for key in list(cache.models):
             models.add(key)
 
     for group, version, plural in CHILDREN:
-
         # Children are recognised by their controller reference, not by a label
         # filter: kopf filters labels on its side, so a child whose label someone
         # removed would vanish from the cache's view without being repaired.

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from turnpike.capacity.meter import RequestsRow, SeriesRow
 
 T = TypeVar("T")
 
@@ -80,11 +85,45 @@ class Metrics:
             buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25),
             registry=self.registry,
         )
+        self.slo_attainment = Gauge(
+            "turnpike_slo_attainment_percent",
+            "Requests within the SLO's threshold over its window, in percent (estimate; "
+            "status.slo.method says how).",
+            ["namespace", "name"],
+            registry=self.registry,
+        )
+        self.slo_objective = Gauge(
+            "turnpike_slo_objective_percent",
+            "The SLO's objective, in percent of requests.",
+            ["namespace", "name"],
+            registry=self.registry,
+        )
+        self.slo_burn_rate = Gauge(
+            "turnpike_slo_burn_rate",
+            "Error budget spending over the window (5m, 1h) in multiples of the sustainable rate.",
+            ["namespace", "name", "window"],
+            registry=self.registry,
+        )
+        self.slo_budget_remaining = Gauge(
+            "turnpike_slo_error_budget_remaining_percent",
+            "Share of the SLO window's error budget not yet spent (negative: overspent).",
+            ["namespace", "name"],
+            registry=self.registry,
+        )
         self.leader = Gauge(
             "turnpike_leader",
             "1 while this replica holds the leader lease.",
             registry=self.registry,
         )
+        self.gpu_hour_price = Gauge(
+            "turnpike_tier_gpu_hour_price",
+            "A CapacityTier's spec.pricePerGpuHour per pool, in its currency: "
+            "GPU-hours × this is the tier's cost.",
+            ["tier", "product", "currency"],
+            registry=self.registry,
+        )
+        self.usage = UsageCollector()
+        self.registry.register(self.usage)
 
     async def measured(self, kind: str, reconcile: Callable[[], Awaitable[T]]) -> T:
         """Count and time one reconcile of kind; an exception counts as an error."""
@@ -97,3 +136,60 @@ class Metrics:
         finally:
             self.reconciles.labels(kind, result).inc()
             self.reconcile_seconds.labels(kind).observe(time.monotonic() - started)
+
+
+@dataclass(frozen=True)
+class UsageReading:
+    """What the GPU meter holds at one moment (see turnpike.capacity.meter)."""
+
+    series: Iterable[SeriesRow] = ()
+    requests: Iterable[RequestsRow] = ()
+
+
+USAGE_LABELS = ["namespace", "modeldeployment", "tier", "product"]
+
+
+class UsageCollector(Collector):
+    """GPU-seconds granted and ready, and requests served, as counters read from the
+    GPU meter when scraped. The meter integrates exactly between events, so a scrape
+    sees the integral up to that moment (a Counter bumped at events would lag until the
+    next one), and after a restart the values continue from what status stored."""
+
+    def __init__(self) -> None:
+        self.read: Callable[[], UsageReading] = UsageReading
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        granted, ready, served = self._families()
+        reading = self.read()
+        for row in reading.series:
+            labels = [row.namespace, row.name, row.tier, row.product]
+            granted.add_metric(labels, row.granted_seconds)
+            ready.add_metric(labels, row.ready_seconds)
+        for requests in reading.requests:
+            served.add_metric([requests.namespace, requests.name], requests.requests)
+        return [granted, ready, served]
+
+    @staticmethod
+    def _families() -> list[CounterMetricFamily]:
+        return [
+            CounterMetricFamily(
+                "turnpike_gpu_seconds_granted",
+                "GPU-seconds granted: replicas the operator granted × GPUs per replica, "
+                "integrated over time.",
+                labels=USAGE_LABELS,
+            ),
+            CounterMetricFamily(
+                "turnpike_gpu_seconds_ready",
+                "GPU-seconds of ready pods (Ready=True, not terminating), integrated over time.",
+                labels=USAGE_LABELS,
+            ),
+            CounterMetricFamily(
+                "turnpike_requests_served",
+                "Requests the pods completed (Triton's success and failure counters), "
+                "counted between the autoscaler's scrapes.",
+                labels=["namespace", "modeldeployment"],
+            ),
+        ]

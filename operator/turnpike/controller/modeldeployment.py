@@ -25,10 +25,12 @@ from turnpike.controller.autoscaler import Autoscaler, Tick
 from turnpike.controller.cache import Cache
 from turnpike.controller.capacity import CapacityGate, Verdict
 from turnpike.controller.events import post_event
+from turnpike.controller.metering import GpuMeter
 from turnpike.controller.metrics import Metrics
 from turnpike.kube import ApiError, KubeAPI
 from turnpike.kube.resources import MODEL_DEPLOYMENT, POD, SECRET, resource_for
 from turnpike.reconcile.children import desired_children, desired_replicas
+from turnpike.reconcile.diff import merge_patch
 from turnpike.reconcile.plan import (
     Observed,
     Plan,
@@ -77,6 +79,7 @@ class ModelDeploymentReconciler:
     cache: Cache | None = None
     on_tier_change: Callable[[str], None] | None = None
     clock: Callable[[], datetime] = utcnow
+    meter: GpuMeter | None = None
 
     async def __call__(self, key: Key) -> float | None:
         return await self.metrics.measured("ModelDeployment", lambda: self.reconcile(key))
@@ -122,6 +125,8 @@ class ModelDeploymentReconciler:
         if body is None or body["metadata"].get("deletionTimestamp"):
             if self.autoscaler is not None:
                 self.autoscaler.forget(key)
+            if self.meter is not None:
+                self.meter.forget(key)
             return None  # children go with it through ownerReferences
         previous = parse_status(body.get("status"))
         now = self.clock()
@@ -135,17 +140,18 @@ class ModelDeploymentReconciler:
         problem = await self._missing_secrets(namespace, referenced_secrets(md))
         current = desired_replicas(md, previous.desired_replicas)
         autoscaled = md.spec.autoscaling.enabled and problem is None
+        measured = autoscaled or (md.spec.slo is not None and problem is None)
         reading = None
         if self.autoscaler is not None:
-            if autoscaled:
-                reading = await self.autoscaler.read(key, md, previous)  # I/O before the lock
+            if measured:  # I/O before the lock
+                reading = await self.autoscaler.read(key, md, previous, autoscaled=autoscaled)
             else:
                 self.autoscaler.forget(key)
         children = await self._children(key, md, body["metadata"]["uid"])
 
         async with self._capacity(body, md) as verdict:
             tick: Tick | None = None
-            if self.autoscaler is not None and reading is not None:
+            if self.autoscaler is not None and reading is not None and autoscaled:
                 # The tier's cap goes into the decision, so status.lastScale and the
                 # history record what the tier grants, not what was wished for.
                 tick = self.autoscaler.decide(key, md, reading, current, budget=verdict.cap)
@@ -156,6 +162,10 @@ class ModelDeploymentReconciler:
                     pods = self.cache.pods_of(namespace, name)
                 else:
                     pods = await self.kube.list(POD, namespace, label_selector=selector(md))
+            tier_name = verdict.tier.name if verdict.tier is not None else None
+            usage = (
+                self.meter.observe(key, md, previous, tier_name) if self.meter is not None else None
+            )
             result = plan(
                 Observed(
                     body,
@@ -169,8 +179,14 @@ class ModelDeploymentReconciler:
                     placement=verdict.placement,
                     children=children,
                     pods=pods,
+                    slo=reading.slo if reading is not None else None,
+                    usage=usage,
                 )
             )
+            if self.meter is not None:
+                self.meter.served(key, reading.observation if reading is not None else None)
+                if result.replicas is not None:
+                    self.meter.granted(key, result.replicas * md.spec.gpu.per_replica)
             if self.cache is not None:
                 # What is about to be granted enters the tier's sums before the lock
                 # is released, so the next evaluation of the tier counts it, and the
@@ -191,7 +207,7 @@ class ModelDeploymentReconciler:
         await self._carry_out(body, previous, result, now)
         if result.tier_changed and self.on_tier_change is not None and verdict.tier is not None:
             self.on_tier_change(verdict.tier.name)
-        if tick is not None:
+        if reading is not None:
             return float(md.spec.autoscaling.scrape_interval_seconds)
         return self.resync_seconds
 
@@ -263,11 +279,8 @@ class ModelDeploymentReconciler:
         if status == previous:
             return
         metadata = body["metadata"]
-        patch = status.to_k8s()
-        # A merge patch leaves out fields that became None; null them explicitly.
-        for field_name, value in previous.to_k8s().items():
-            if field_name not in patch and value is not None:
-                patch[field_name] = None
+        # A merge patch leaves out what became unset, at any depth; null it explicitly.
+        patch = merge_patch(previous.to_k8s(), status.to_k8s())
         written = await self.kube.patch_status(
             MODEL_DEPLOYMENT, metadata["namespace"], metadata["name"], patch
         )

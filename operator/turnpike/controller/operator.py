@@ -12,6 +12,7 @@ from typing import Any
 
 import kopf
 
+from turnpike.capacity.overcommit import PROMISING
 from turnpike.controller.autoscaler import Autoscaler
 from turnpike.controller.cache import Cache
 from turnpike.controller.capacity import CapacityGate
@@ -19,8 +20,10 @@ from turnpike.controller.capacitytier import CapacityTierReconciler
 from turnpike.controller.handlers import build_registry
 from turnpike.controller.leader import LeaderElector
 from turnpike.controller.logs import configure
+from turnpike.controller.metering import GpuMeter
 from turnpike.controller.metrics import Metrics
 from turnpike.controller.modeldeployment import ModelDeploymentReconciler
+from turnpike.controller.nodewatch import NodeInventory, NodeReflector
 from turnpike.controller.podwatch import PodReflector
 from turnpike.controller.server import start_http
 from turnpike.controller.settings import Settings
@@ -43,6 +46,13 @@ def kopf_settings() -> kopf.OperatorSettings:
 
 def queue_tier(queue: WorkQueue, tier: str) -> None:
     queue.add(("", tier))
+
+
+def queue_promising_tiers(queue: WorkQueue, cache: Cache) -> None:
+    """The tiers whose Overcommitted condition follows the nodes' GPUs."""
+    for name, body in list(cache.tiers.items()):
+        if (body.get("spec") or {}).get("class") in PROMISING:
+            queue.add(("", name))
 
 
 async def run(settings: Settings) -> int:
@@ -89,6 +99,11 @@ async def run(settings: Settings) -> int:
         keeper = asyncio.ensure_future(elector.keep(stop)) if elector else None
         cache = Cache()
         await cache.prime(kube, settings.namespaces)
+        # Before the pod reflectors and the workers start: it listens to the cache and
+        # takes over the tiers' stored hourly ledgers before any deployment resumes.
+        meter = GpuMeter(cache)
+        meter.attach()
+        metrics.usage.read = meter.reading
         gate = CapacityGate(kube, cache, settings.default_tier, metrics=metrics)
         scopes: tuple[str | None, ...] = settings.namespaces or (None,)
         cache.expect_pods(scopes)
@@ -103,10 +118,18 @@ async def run(settings: Settings) -> int:
         # would fight the cluster-wide operator over them, so it leaves tiers alone.
         on_tier_change: Callable[[str], None] | None = None
         if not settings.namespaces:
+            nodes = NodeInventory()
             tier_queue = WorkQueue(
-                CapacityTierReconciler(kube, gate, metrics, settings.resync_seconds), workers=1
+                CapacityTierReconciler(
+                    kube, gate, metrics, settings.resync_seconds, meter=meter, nodes=nodes
+                ),
+                workers=1,
             )
             on_tier_change = functools.partial(queue_tier, tier_queue)
+            # Nodes only matter to tiers: a scoped operator never watches them. The first
+            # LIST, and every change of a node's GPUs, has the promising tiers look again.
+            nodes.on_change = functools.partial(queue_promising_tiers, tier_queue, cache)
+            reflectors.append(asyncio.create_task(NodeReflector(kube, nodes).run(stop)))
         queue = WorkQueue(
             ModelDeploymentReconciler(
                 kube,
@@ -116,6 +139,7 @@ async def run(settings: Settings) -> int:
                 gate=gate,
                 cache=cache,
                 on_tier_change=on_tier_change,
+                meter=meter,
             ),
             workers=settings.workers,
         )

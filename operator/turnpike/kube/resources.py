@@ -43,6 +43,7 @@ KNOWN = (
     Resource("v1", "Secret", "secrets"),
     Resource("v1", "Event", "events"),
     Resource("v1", "Namespace", "namespaces", namespaced=False),
+    Resource("v1", "Node", "nodes", namespaced=False),
     Resource("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
     Resource("scheduling.k8s.io/v1", "PriorityClass", "priorityclasses", namespaced=False),
     Resource("coordination.k8s.io/v1", "Lease", "leases"),
@@ -80,4 +81,5 @@ LEASE = _BY_KIND[("coordination.k8s.io/v1", "Lease")]
 MODEL_DEPLOYMENT = _BY_KIND[(API_VERSION, "ModelDeployment")]
 CAPACITY_TIER = _BY_KIND[(API_VERSION, "CapacityTier")]
 NAMESPACE = _BY_KIND[("v1", "Namespace")]
+NODE = _BY_KIND[("v1", "Node")]
 PRIORITY_CLASS = _BY_KIND[("scheduling.k8s.io/v1", "PriorityClass")]

@@ -65,3 +65,25 @@ def needs_apply(desired: dict[str, Any], live: dict[str, Any] | None) -> bool:
     if annotations.get(SPEC_HASH_ANNOTATION) != wanted_hash:
         return True
     return not contains(live, {k: v for k, v in desired.items() if k != "status"})
+
+
+def merge_patch(old: Any, new: Any) -> Any:
+    """The JSON merge patch (RFC 7386) that turns ``old`` into ``new``.
+
+    Status is written with merge patches, which merge objects key by key: a key
+    that left a map (a pool whose grant went to zero, a field that became unset)
+    must be sent as null, or the stored status keeps it and every later pass
+    sees a difference and writes again. Lists and scalars are replaced whole.
+    """
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        if key not in old:
+            patch[key] = value
+        elif old[key] != value:
+            patch[key] = merge_patch(old[key], value)
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    return patch

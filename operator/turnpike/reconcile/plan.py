@@ -16,12 +16,20 @@ from datetime import datetime
 from typing import Any
 
 from turnpike.api.modeldeployment import ModelDeployment
-from turnpike.api.status import AutoscalerHistory, ConditionStatus, ModelDeploymentStatus
+from turnpike.api.status import (
+    AutoscalerHistory,
+    ConditionStatus,
+    ModelDeploymentStatus,
+    ModelDeploymentUsage,
+)
 from turnpike.autoscale.policy import Decision
 from turnpike.capacity import Allocation
+from turnpike.capacity.meter import with_usage
 from turnpike.reconcile.children import desired_children, desired_replicas, too_large
 from turnpike.reconcile.diff import contains, needs_apply
 from turnpike.render import endpoint, selector
+from turnpike.slo import CONDITION as SLO_CONDITION
+from turnpike.slo import Report, slo_condition, slo_status
 from turnpike.status.conditions import (
     Problem,
     model_conditions,
@@ -76,6 +84,10 @@ class Observed:
     children: Sequence[dict[str, Any]] = ()
     # Its pods, when the shell listed them (see needs_pods).
     pods: list[dict[str, Any]] | None = None
+    # The SLO's window after this reconcile's sampling round (spec.slo only).
+    slo: Report | None = None
+    # The GPU meter's totals up to now (None: not metered; status keeps what it has).
+    usage: ModelDeploymentUsage | None = None
 
 
 @dataclass(frozen=True)
@@ -152,12 +164,20 @@ def capacity_condition(allocation: Allocation) -> tuple[bool, str, str]:
 def transition_events(
     previous: ModelDeploymentStatus, status: ModelDeploymentStatus
 ) -> list[Event]:
-    """An Event when Ready or Degraded becomes True, never on every pass."""
+    """An Event when Ready or Degraded becomes True, and when SLOMet turns False
+    (or its reason changes) or back to True, never on every pass."""
     events = []
     for type_, event_type in (("Ready", "Normal"), ("Degraded", "Warning")):
         if condition(status, type_) == "True" and condition(previous, type_) != "True":
             c = next(c for c in status.conditions if c.type == type_)
             events.append(Event(event_type, c.reason, c.message or type_))
+    now = next((c for c in status.conditions if c.type == SLO_CONDITION), None)
+    before = next((c for c in previous.conditions if c.type == SLO_CONDITION), None)
+    if now is not None and now.status != "Unknown":
+        moved = before is None or (before.status, before.reason) != (now.status, now.reason)
+        if moved and (now.status == "False" or (before is not None and before.status == "False")):
+            kind = "Normal" if now.status == "True" else "Warning"
+            events.append(Event(kind, f"SLO{now.reason}", now.message))
     return events
 
 
@@ -274,6 +294,15 @@ def plan(observed: Observed) -> Plan:
         capacity=capacity_condition(allocation) if allocation is not None else None,
         metrics=metrics_condition(decision) if decision is not None else None,
     )
+    slo_update, slo_wanted = slo_fields(
+        md,
+        previous,
+        observed.slo,
+        budget_limited=(decision is not None and decision.limited_by_budget)
+        or (allocation is not None and allocation.limited),
+    )
+    if slo_wanted is not None:
+        conditions.append(slo_wanted)
     status = next_status(
         previous,
         generation,
@@ -286,9 +315,10 @@ def plan(observed: Observed) -> Plan:
         gpus_per_replica=md.spec.gpu.per_replica,
         conditions=conditions,
     )
-    update: dict[str, Any] = {"tier": observed.tier}
+    update: dict[str, Any] = {"tier": observed.tier, "slo": slo_update}
     update.update(autoscaling_fields(previous, observed.scaling, now))
     status = status.model_copy(update=update)
+    status = with_usage(previous, status, observed.usage)
     events += transition_events(previous, status)
     if decision is not None and decision.changed and replicas != previous.desired_replicas:
         reason = "ScaledUp" if replicas > (previous.desired_replicas or 0) else "ScaledDown"
@@ -319,3 +349,32 @@ def autoscaling_fields(
     if decision.changed:
         update["last_scale"] = decision.as_status(rfc3339(now))
     return update
+
+
+def slo_fields(
+    md: ModelDeployment,
+    previous: ModelDeploymentStatus,
+    report: Report | None,
+    *,
+    budget_limited: bool,
+) -> tuple[Any, tuple[str, ConditionStatus, str, str] | None]:
+    """status.slo and the SLOMet condition. The counts are written when the
+    autoscaler's spacing says so or the condition changes; between, status keeps
+    the last written numbers (a status write per scrape would load the API server)."""
+    slo = md.spec.slo
+    if slo is None:
+        return None, None
+    if report is None:
+        # No round this reconcile (no autoscaler): keep what was written.
+        kept = next((c for c in previous.conditions if c.type == SLO_CONDITION), None)
+        if kept is None:
+            return previous.slo, None
+        return previous.slo, (SLO_CONDITION, kept.status, kept.reason, kept.message)
+    fresh = slo_status(slo, report)
+    wanted = slo_condition(slo, fresh, report.unavailable, budget_limited)
+    kept = next((c for c in previous.conditions if c.type == SLO_CONDITION), None)
+    same = kept is not None and (kept.status, kept.reason) == wanted[:2]
+    if report.flush or not same or previous.slo is None:
+        return fresh, (SLO_CONDITION, *wanted)
+    assert kept is not None
+    return previous.slo, (SLO_CONDITION, kept.status, kept.reason, kept.message)
