@@ -503,3 +503,33 @@ def test_in_flight_from_two_rounds_of_compute_time() -> None:
         assert third.in_flight is None
 
     run(main())
+
+
+def test_a_fresh_pod_counts_from_its_first_request_once_and_others_from_a_baseline() -> None:
+    """Deltas are what the SLO meter and requests served count: a pod that started
+    while the operator measured has all its requests new; one that ran before is
+    only a baseline; a fresh pod that left the targets and came back is not
+    counted from zero a second time."""
+
+    async def main() -> None:
+        served = {"new": 5.0, "old": 500.0}
+
+        def body(pod: str) -> Callable[[], str]:
+            return lambda: exposition(0, success=served[pod])
+
+        async with fleet() as f:
+            new = await f.text("new", body("new"))
+            old = await f.text("old", body("old"))
+            fresh = PodTarget(new.name, new.ip, fresh=True)
+            async with PodScrapeSource(model="m", port=f.port) as src:
+                first = await src.sample([fresh, old])
+                served["new"], served["old"] = 8.0, 503.0
+                second = await src.sample([old])  # "new" blipped out of the targets
+                third = await src.sample([fresh, old])
+        assert first.deltas["new"].completed == 5  # all of its requests
+        assert "old" not in first.deltas  # its earlier requests were someone else's
+        assert second.deltas["old"].completed == 3
+        assert third.deltas["new"].completed == 3  # 8 - 5, not 8 again
+        assert third.deltas["old"].completed == 0
+
+    run(main())

@@ -186,7 +186,7 @@ def test_status_reports_attainment_budget_and_burn() -> None:
 @pytest.mark.parametrize(
     ("good", "limited", "reason"),
     [(90, False, "Burning"), (90, True, "BudgetLimited")],
-)
+)  # 10 % bad against a 1 % budget: burn 10 over both windows
 def test_burning_the_budget_turns_slomet_false_and_says_what_limits(
     good: float, limited: bool, reason: str
 ) -> None:
@@ -208,8 +208,37 @@ def test_no_traffic_is_unknown_and_failed_scrapes_are_metrics_unavailable() -> N
     empty = slo_status(SPEC, report(Window.empty("k", 60), T0))
     assert slo_condition(SPEC, empty, None, False)[:2] == ("Unknown", "NoTraffic")
     status, reason, message = slo_condition(SPEC, empty, "no pod answered (a: timeout)", False)
-    assert (status, reason) == ("False", "MetricsUnavailable")
+    assert (status, reason) == ("Unknown", "MetricsUnavailable")  # nothing measured yet
     assert "timeout" in message
+
+
+def test_an_outage_after_good_traffic_is_not_met() -> None:
+    """Every pod gone (crash loop): the old good counts must not keep SLOMet True."""
+    w = filled(10, Counts(100, 100, 90))
+    status = slo_status(SPEC, report(w, T0 + 570))
+    assert slo_condition(SPEC, status, None, False)[:2] == ("True", "Met")
+    assert slo_condition(SPEC, status, "no pod is ready to serve", False)[:2] == (
+        "False",
+        "MetricsUnavailable",
+    )
+
+
+def test_burning_has_hysteresis_and_one_slow_minute_does_not_flip_it() -> None:
+    # A day's SLO; one fully bad minute after ten good hours: 5m burn 20, 1h burn ~1.7.
+    day = SLO(threshold_milliseconds=200, objective_percent=99, window_minutes=1440)
+    end = T0 + 599 * 60 + 30
+    w = filled(599, Counts(100, 100, 100), window=1440).add(end, Counts(100, 0, 0))
+    status = slo_status(day, report(w, end))
+    assert status.burn_rate_hour is not None and 1 < status.burn_rate_hour < 2
+    assert slo_condition(day, status, None, False)[:2] == ("True", "Met")
+    # Burning at 1.5× over both windows: not entered, but kept once it was Burning.
+    w = filled(540, Counts(1000, 1000, 1000), window=1440)
+    for m in range(540, 600):
+        w = w.add(T0 + m * 60 + 30, Counts(1000, 985, 985))
+    status = slo_status(day, report(w, end))
+    assert status.burn_rate == pytest.approx(1.5)
+    assert slo_condition(day, status, None, False)[:2] == ("True", "Met")
+    assert slo_condition(day, status, None, False, was_burning=True)[:2] == ("False", "Burning")
 
 
 # --- the policy ------------------------------------------------------------------
@@ -252,6 +281,44 @@ def test_a_threshold_below_the_service_time_is_not_chased() -> None:
     decision = decide_with(signal(latency=300, wait=0.5))
     assert decision.replicas == 2
     assert "more replicas cannot meet it" in decision.reason
+
+
+def test_a_service_time_that_nearly_uses_up_the_threshold_is_not_chased() -> None:
+    """190 ms of compute under a 200 ms threshold leaves 10 ms for queueing, below
+    what replicas can reliably remove: scaling on it would never end."""
+    decision = decide_with(signal(latency=205, wait=15))  # allowed 10 ms < 10 % of 200
+    assert decision.replicas == 2
+    assert "more replicas cannot meet it" in decision.reason
+
+
+def test_the_slo_is_a_floor_for_scale_down() -> None:
+    pods = ("p0", "p1", "p2")
+    history = History()
+    t = T0
+    for _ in range(100):
+        t += 2
+        obs = Observation(time=t, queue=0, pods=pods, queues=dict.fromkeys(pods, 0.0))
+        args: dict[str, Any] = {
+            "current": 3,
+            "ready": 3,
+            "starting": 0,
+            "history": history,
+            "now": t,
+            "observation": obs,
+        }
+        free = decide(PARAMS, **args)
+        if free.replicas < 3:
+            # 60 ms of queue wait within the 150 ms allowed (threshold 200, service 50):
+            # three replicas keep it there (3 × 60 / 150 = 1.2 → 2 would do).
+            ok = decide(PARAMS, **args, slo=signal(latency=110, wait=60, burn=0.0))
+            assert ok.replicas == free.replicas == 2
+            # 140 ms of wait: 3 × 140 / 150 = 2.8, so all three are needed.
+            tight = decide(PARAMS, **args, slo=signal(latency=190, wait=140, burn=0.0))
+            assert tight.replicas == 3
+            assert "needs 3 replicas" in tight.reason
+            return
+        history = free.history
+    pytest.fail("an idle fleet never scaled down")
 
 
 def test_a_burning_budget_holds_a_scale_down() -> None:

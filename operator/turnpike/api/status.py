@@ -119,6 +119,10 @@ class SLOStatus(ApiModel):
 # status keeps this many (the current one included), enough for every move a
 # deployment makes in practice while staying small.
 MAX_USAGE_SERIES = 8
+# Bounds on stored totals (a billion GPU-seconds is 32 GPU-years, a quadrillion
+# requests more than any fleet serves): an edited status beyond them is refused
+# as unreadable instead of overflowing the meter's arithmetic.
+MAX_METERED = 1e15
 
 
 class UsageSeries(ApiModel):
@@ -132,10 +136,10 @@ class UsageSeries(ApiModel):
         max_length=63, description="GPU product: spec.gpu.product, or '*' when unset."
     )
     gpu_seconds_granted: float = Field(
-        ge=0, description="GPU-seconds granted under this tier and product."
+        ge=0, le=MAX_METERED, description="GPU-seconds granted under this tier and product."
     )
     gpu_seconds_ready: float = Field(
-        ge=0, description="GPU-seconds of ready pods under this tier and product."
+        ge=0, le=MAX_METERED, description="GPU-seconds of ready pods under this tier and product."
     )
 
 
@@ -145,6 +149,7 @@ class ModelDeploymentUsage(ApiModel):
 
     gpu_seconds_granted: float = Field(
         ge=0,
+        le=MAX_METERED,
         description=(
             "GPU-seconds granted: the integral over time of the replicas the operator "
             "granted × GPUs per replica."
@@ -152,6 +157,7 @@ class ModelDeploymentUsage(ApiModel):
     )
     gpu_seconds_ready: float = Field(
         ge=0,
+        le=MAX_METERED,
         description=(
             "GPU-seconds of ready pods: the integral over time of the GPUs of the pods whose "
             "Ready condition is True (terminating pods excluded)."
@@ -159,6 +165,7 @@ class ModelDeploymentUsage(ApiModel):
     )
     requests_served: int = Field(
         ge=0,
+        le=MAX_METERED,
         description=(
             "Requests completed by the pods (Triton's success and failure counters), counted "
             "between scrapes while the autoscaler or the SLO reads them."

@@ -432,6 +432,12 @@ def _recommend(
     return desired, reason + limit + ")"
 
 
+# The SLO scales on the queue wait only while queueing may take at least this
+# share of the threshold: with a service time just under it, the wait that
+# replicas can remove is below Triton's own floor and scaling would never end.
+SLO_MIN_QUEUE_SHARE = 0.1
+
+
 def _serve_slo(
     p: Params,
     slo: SLOSignal,
@@ -444,39 +450,64 @@ def _serve_slo(
 ) -> tuple[int, str]:
     """The SLO's say in the decision, after the queue's.
 
-    Up: when the interval's mean latency is above the threshold, the queue wait
-    should shrink to what the threshold leaves after the service time, by the
-    HPA's ratio rule (serving × wait / allowed wait), bounded like any scale-up
-    (max_scale_up_rate × the ready replicas). A threshold below the service
-    time cannot be met by adding replicas: the reason says so and nothing
-    scales. Down: never while the error budget burns faster than sustainable.
+    The queue wait may take what the threshold leaves after the service time
+    (``allowed``); the replicas that keep it there are the HPA's ratio rule,
+    serving × wait / allowed. Up: when the interval's mean latency is above the
+    threshold, towards that count, bounded like any scale-up (max_scale_up_rate ×
+    the ready replicas). Down: never below that count (projected as if the wait
+    grew in proportion to the load per replica), so the queue rule and the SLO
+    do not take turns, and never while the error budget burns faster than
+    sustainable. A threshold the service time alone (nearly) uses up cannot be
+    met by adding replicas: the reason says so and the SLO does not scale.
     """
     latency, wait = slo.latency_ms, slo.queue_wait_ms
-    if latency is not None and latency > slo.threshold_ms and serving > 0:
-        waited = latency if slo.on_queue_wait else (wait or 0.0)
-        allowed = slo.threshold_ms - (latency - waited)
-        what = f"SLO {slo.name}: latency {_fmt(latency)}ms > {_fmt(slo.threshold_ms)}ms"
-        if allowed <= 0 or waited <= 0:
-            service = latency - waited
+    if latency is None or serving <= 0:
+        return desired, reason
+    waited = latency if slo.on_queue_wait else (wait or 0.0)
+    service = latency - waited
+    allowed = slo.threshold_ms - service
+    what = f"SLO {slo.name}: latency {_fmt(latency)}ms"
+    attainable = allowed >= SLO_MIN_QUEUE_SHARE * slo.threshold_ms
+    needed = _ceil(serving * waited / allowed) if attainable else 0
+    if latency > slo.threshold_ms:
+        if not attainable:
             return desired, (
-                f"{reason}; {what}, but requests spend {_fmt(service)}ms outside the "
-                "queue: more replicas cannot meet it"
+                f"{reason}; {what} > {_fmt(slo.threshold_ms)}ms, but requests spend "
+                f"{_fmt(service)}ms outside the queue: more replicas cannot meet it"
             )
-        wanted = max(current + 1, _ceil(serving * waited / allowed))
+        wanted = max(current + 1, needed)
         bound = max(_ceil(ready * p.max_scale_up_rate), ready + 1)
         slo_desired = max(current, min(wanted, bound))
         if slo_desired <= desired:
             return desired, reason
+        what += (
+            f" > {_fmt(slo.threshold_ms)}ms (queue wait {_fmt(waited)}ms of the "
+            f"{_fmt(allowed)}ms it may take)"
+        )
+        if slo_desired == current:
+            flags.limited_by_rate = True
+            return current, (
+                f"{what}: hold {current}, waiting for replicas to be ready before growing "
+                f"past {_fmt(p.max_scale_up_rate)}× the {ready} ready"
+            )
         flags.limited_by_rate = wanted > slo_desired
         limit = f"; wanted {wanted}, maxScaleUpRate {_fmt(p.max_scale_up_rate)}× {ready} ready"
         return slo_desired, (
-            f"{what} (queue wait {_fmt(waited)}ms of the {_fmt(allowed)}ms it may take): "
-            f"scale up {current}→{slo_desired}" + (limit if flags.limited_by_rate else "")
+            f"{what}: scale up {current}→{slo_desired}" + (limit if flags.limited_by_rate else "")
         )
-    if desired < current and slo.burn_rate is not None and slo.burn_rate > 1:
+    if desired >= current:
+        return desired, reason
+    if slo.burn_rate is not None and slo.burn_rate > 1:
         return current, (
             f"{reason}; but SLO {slo.name} burns its error budget at "
             f"{_fmt(slo.burn_rate)}× the sustainable rate: hold {current}"
+        )
+    if attainable and needed > desired:
+        floor = min(needed, current)
+        return floor, (
+            f"{reason}; but SLO {slo.name} needs {needed} replicas to keep the queue wait "
+            f"({_fmt(waited)}ms now) within {_fmt(allowed)}ms: "
+            + (f"hold {current}" if floor == current else f"{current}→{floor}")
         )
     return desired, reason
 

@@ -51,6 +51,9 @@ from turnpike.autoscale.signal import (
 Clock = Callable[[], float]
 # Triton's exposition is tens of KiB; anything near this is not Triton.
 MAX_BODY_BYTES = 8 * 1024 * 1024
+# How long a pod this source read stays known after its last reading: a pod
+# gone longer than this is gone (pod names carry a random suffix).
+SEEN_FOR_S = 3600.0
 # Parse bigger bodies off the event loop so kopf's handlers keep running.
 _THREAD_PARSE_BYTES = 256 * 1024
 
@@ -148,6 +151,8 @@ class PodScrapeSource(_SessionHolder):
         self._clock = clock
         self._previous: dict[str, PodMetrics] = {}
         self._previous_t: dict[str, float] = {}
+        # Pods this source has read, and when last: see ``fresh``.
+        self._seen: dict[str, float] = {}
         self._lock = asyncio.Lock()
 
     async def __aenter__(self) -> PodScrapeSource:
@@ -204,7 +209,12 @@ class PodScrapeSource(_SessionHolder):
             )
             in_flight = None if busy is None or in_flight is None else in_flight + busy
         deltas: dict[str, CounterDelta] = {}
-        fresh = {pod.name for pod in targets if pod.fresh}
+        # A fresh pod counts from zero only the first time this source reads it: one
+        # that drops out of the targets (a readiness blip) and returns is a baseline.
+        fresh = {pod.name for pod in targets if pod.fresh and pod.name not in self._seen}
+        for name in results:
+            self._seen[name] = started
+        self._seen = {n: t for n, t in self._seen.items() if started - t < SEEN_FOR_S}
         for name, metrics in results.items():
             before = self._previous.get(name)
             if before is None and name in fresh:
@@ -214,10 +224,13 @@ class PodScrapeSource(_SessionHolder):
                 deltas[name] = delta
         # Keep old counters of pods that failed this round: the next delta
         # then spans two intervals, which is still a correct mean.
+        # Also of pods that left the targets for a while (a readiness blip): when
+        # they come back, the delta spans the gap, so no request is lost or counted
+        # twice. Pods unseen for SEEN_FOR_S are forgotten.
         self._previous = {
-            pod.name: results.get(pod.name) or self._previous[pod.name]
-            for pod in targets
-            if pod.name in results or pod.name in self._previous
+            name: results.get(name) or self._previous[name]
+            for name in self._seen
+            if name in results or name in self._previous
         }
         self._previous_t = {
             name: started if name in results else self._previous_t[name]

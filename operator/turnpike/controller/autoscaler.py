@@ -41,7 +41,7 @@ from turnpike.kube.resources import POD
 from turnpike.render import selector
 from turnpike.slo import Report, Window, interval_of, window_key
 from turnpike.slo.estimate import QUEUE_WAIT
-from turnpike.slo.report import burn_rate, slo_status
+from turnpike.slo.report import BUDGET_LIMITED_FOR_S, burn_rate, slo_status
 from turnpike.slo.window import FAST_BURN_MINUTES
 
 Key = tuple[str, str]
@@ -108,6 +108,8 @@ class _State:
     slo: Window | None = None
     slo_report: Report | None = None
     slo_flushed_at: float = 0.0
+    # When the tier's budget last capped a decision (see Report.capped_recently).
+    capped_at: float | None = None
     read_at: float | None = None
     # When this operator began measuring the deployment (epoch seconds): pods
     # started later have every request still in their counters.
@@ -179,7 +181,15 @@ class Autoscaler:
         state = (
             _State(source, kind, history, created_at=self.clock())
             if state is None
-            else replace(state, source=source, source_kind=kind, last=None, last_at=0.0)
+            # A new source knows no pod: every pod that runs now is its baseline.
+            else replace(
+                state,
+                source=source,
+                source_kind=kind,
+                last=None,
+                last_at=0.0,
+                created_at=self.clock(),
+            )
         )
         if state.slo is None and md.spec.slo is not None and stored.slo is not None:
             buckets = stored.slo.buckets
@@ -253,6 +263,8 @@ class Autoscaler:
         """Add this round's requests to the SLO's window (pure work, no I/O)."""
         slo = md.spec.slo
         if slo is None:
+            if state.slo_report is not None:
+                self._forget_slo((md.metadata.namespace or "", md.metadata.name))
             state.slo = state.slo_report = None
             return None
         key = window_key(slo)
@@ -261,7 +273,10 @@ class Autoscaler:
             window = Window.empty(key, slo.window_minutes)
         unavailable: str | None = None
         interval = None
-        if observation is not None:
+        if observation is None:  # no ready pod: nothing serves, which status must say
+            unavailable = "no pod is ready to serve"
+            window = window.trimmed(now)
+        else:
             if md.spec.autoscaling.source is SourceKind.PROMETHEUS:
                 unavailable = (
                     "the SLO is measured from the pods' own Triton metrics; "
@@ -273,13 +288,12 @@ class Autoscaler:
                 observation.deltas, slo.latency.value, slo.threshold_milliseconds
             )
             window = window.add(now, interval.counts)
-        else:
-            window = window.trimmed(now)
         flush = now - state.slo_flushed_at >= STATUS_FLUSH_SECONDS
         if flush:
             state.slo_flushed_at = now
         state.slo = window
-        state.slo_report = Report(window, now, interval, unavailable, flush)
+        capped = state.capped_at is not None and now - state.capped_at < BUDGET_LIMITED_FOR_S
+        state.slo_report = Report(window, now, interval, unavailable, flush, capped)
         self._export_slo(md, state.slo_report)
         return state.slo_report
 
@@ -332,6 +346,8 @@ class Autoscaler:
             slo=slo_signal(md, reading.slo),
         )
         state.history = decision.history
+        if decision.limited_by_budget:
+            state.capped_at = now
         flush = decision.changed or now - state.flushed_at >= STATUS_FLUSH_SECONDS
         if flush:
             state.flushed_at = now
@@ -351,6 +367,13 @@ class Autoscaler:
             self.metrics.queue_depth,
             self.metrics.desired_replicas,
             self.metrics.ready_replicas,
+        ):
+            with contextlib.suppress(KeyError):
+                gauge.remove(*key)
+        self._forget_slo(key)
+
+    def _forget_slo(self, key: Key) -> None:
+        for gauge in (
             self.metrics.slo_attainment,
             self.metrics.slo_objective,
             self.metrics.slo_budget_remaining,

@@ -381,6 +381,13 @@ def trimmed_pod(body: dict[str, Any]) -> dict[str, Any]:
         {k: c[k] for k in ("type", "status", "reason", "message", "lastTransitionTime") if k in c}
         for c in status.get("conditions") or []
     ]
+    # When each container last started: the SLO meter counts a pod's requests from
+    # its first one when it started after the operator began measuring.
+    kept_status["containerStatuses"] = [
+        {"state": {"running": {"startedAt": started}}}
+        for c in status.get("containerStatuses") or []
+        if (started := ((c.get("state") or {}).get("running") or {}).get("startedAt"))
+    ]
     containers = []
     for container in (body.get("spec") or {}).get("containers") or []:
         resources = container.get("resources") or {}

@@ -91,10 +91,17 @@ class NodeReflector:
                 failures = 0
                 while not stop.is_set() and resume is not None:
                     resume = await self._watch(resume)
-            except (TimeoutError, ApiError, aiohttp.ClientError, OSError) as error:
+            except Exception as error:  # any: a dead watch would freeze the inventory
                 delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)]
                 failures += 1
-                log.warning("node watch failed (%s); retrying in %ss", error, delay)
+                expected = isinstance(error, (TimeoutError, ApiError, aiohttp.ClientError, OSError))
+                log.log(
+                    logging.WARNING if expected else logging.ERROR,
+                    "node watch failed (%r); listing again in %ss",
+                    error,
+                    delay,
+                    exc_info=not expected,
+                )
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
 

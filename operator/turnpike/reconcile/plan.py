@@ -351,6 +351,11 @@ def autoscaling_fields(
     return update
 
 
+# SLOMet reasons that mean "burning now" (BudgetLimited may also be a spent budget;
+# either way the exit threshold of the burn rate applies).
+BURNING = ("Burning", "BudgetLimited")
+
+
 def slo_fields(
     md: ModelDeployment,
     previous: ModelDeploymentStatus,
@@ -371,8 +376,15 @@ def slo_fields(
             return previous.slo, None
         return previous.slo, (SLO_CONDITION, kept.status, kept.reason, kept.message)
     fresh = slo_status(slo, report)
-    wanted = slo_condition(slo, fresh, report.unavailable, budget_limited)
     kept = next((c for c in previous.conditions if c.type == SLO_CONDITION), None)
+    was_burning = kept is not None and kept.status == "False" and kept.reason in BURNING
+    wanted = slo_condition(
+        slo,
+        fresh,
+        report.unavailable,
+        budget_limited or report.capped_recently,
+        was_burning=was_burning,
+    )
     same = kept is not None and (kept.status, kept.reason) == wanted[:2]
     if report.flush or not same or previous.slo is None:
         return fresh, (SLO_CONDITION, *wanted)

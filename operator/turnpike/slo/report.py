@@ -10,6 +10,13 @@ from turnpike.slo.estimate import METHOD, Interval
 from turnpike.slo.window import FAST_BURN_MINUTES, FINE_MINUTES, Counts, Window
 
 CONDITION = "SLOMet"
+# Burning starts when the budget is spent at twice the sustainable rate over
+# both the last 5 minutes and the last hour, and ends when either falls to the
+# sustainable rate: one slow minute does not flip the condition, and a
+# condition at the edge does not flap.
+BURN_ENTER = 2.0
+BURN_EXIT = 1.0
+BUDGET_LIMITED_FOR_S = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +32,9 @@ class Report:
     # Whether the counts are due to be written to status now (the controller
     # spaces status writes; a change of the condition writes at once).
     flush: bool = True
+    # The tier's budget capped the autoscaler within BUDGET_LIMITED_FOR_S: a
+    # fleet at its budget is held back even on the ticks that ask for nothing.
+    capped_recently: bool = False
 
 
 def window_key(slo: SLO) -> str:
@@ -69,15 +79,22 @@ def slo_status(slo: SLO, report: Report) -> SLOStatus:
 
 
 def slo_condition(
-    slo: SLO, status: SLOStatus, unavailable: str | None, budget_limited: bool
+    slo: SLO,
+    status: SLOStatus,
+    unavailable: str | None,
+    budget_limited: bool,
+    was_burning: bool = False,
 ) -> tuple[ConditionStatus, str, str]:
     """SLOMet: True while the objective holds over the window and the budget is not
     burning; False says why (BudgetLimited when the tier's GPU budget is what keeps
     the fleet from growing); Unknown before any request completed."""
     target = f"{slo.objective_percent:g}% of requests within {slo.threshold_milliseconds:g}ms"
     what = f"{slo.latency.value} SLO ({target} over {slo.window_minutes}m)"
-    if unavailable is not None and (status.burn_rate is None or status.requests == 0):
-        return ("False", "MetricsUnavailable", f"{what} cannot be measured: {unavailable}")
+    if unavailable is not None:
+        # Old counts say nothing about now: an outage must not read as Met. Before
+        # anything was ever measured (a new deployment loading), it is not known yet.
+        verdict: ConditionStatus = "False" if status.requests else "Unknown"
+        return (verdict, "MetricsUnavailable", f"{what} cannot be measured: {unavailable}")
     if status.attainment_percent is None:
         return ("Unknown", "NoTraffic", f"{what}: no request completed in the window yet")
     numbers = (
@@ -88,11 +105,9 @@ def slo_condition(
         numbers += f"; burn rate {status.burn_rate:g} over 5m"
         if status.burn_rate_hour is not None:
             numbers += f", {status.burn_rate_hour:g} over 1h"
-    burning = (
-        status.burn_rate is not None
-        and status.burn_rate > 1
-        and (status.burn_rate_hour is None or status.burn_rate_hour > 1)
-    )
+    fast, slow = status.burn_rate, status.burn_rate_hour
+    limit = BURN_EXIT if was_burning else BURN_ENTER
+    burning = fast is not None and fast > limit and (slow is None or slow > limit)
     spent = status.attainment_percent < slo.objective_percent
     if not (burning or spent):
         return ("True", "Met", f"{what}: {numbers}")

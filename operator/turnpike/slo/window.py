@@ -81,7 +81,8 @@ class Window:
         minute = int(now // 60)
         fine = {m: c for m, c in self.fine.items() if minute - FINE_MINUTES < m <= minute}
         first = minute - self.window_minutes + 1  # the window includes this minute
-        coarse = {b: c for b, c in self.coarse.items() if b + self.resolution > first}
+        # Buckets from the future (an edited status, a clock stepped back) are dropped.
+        coarse = {b: c for b, c in self.coarse.items() if first - self.resolution < b <= minute}
         since = self.since_minute
         if since is not None and since < first:
             since = first
