@@ -461,3 +461,12 @@ def test_a_trimmed_pod_keeps_what_the_meter_reads() -> None:
     assert pod_ready_since(terminating) == (False, None)
     assert pod_ready_since(pod("True", since=None)) == (True, None)
     assert pod_gpus({"metadata": {}}, default=3) == 3  # no spec at hand
+
+
+def test_big_fleets_write_usage_less_often() -> None:
+    """Usage alone never writes more than MAX_USAGE_WRITES_PER_S statuses a second."""
+    from turnpike.capacity.meter import MAX_USAGE_WRITES_PER_S, USAGE_FLUSH_MS, usage_flush_ms
+
+    assert usage_flush_ms(10) == USAGE_FLUSH_MS
+    for fleet in (1_000, 5_000, 20_000):
+        assert fleet / (usage_flush_ms(fleet) / 1000) <= MAX_USAGE_WRITES_PER_S

@@ -291,37 +291,8 @@ def test_a_service_time_that_nearly_uses_up_the_threshold_is_not_chased() -> Non
     assert "more replicas cannot meet it" in decision.reason
 
 
-def test_the_slo_is_a_floor_for_scale_down() -> None:
-    pods = ("p0", "p1", "p2")
-    history = History()
-    t = T0
-    for _ in range(100):
-        t += 2
-        obs = Observation(time=t, queue=0, pods=pods, queues=dict.fromkeys(pods, 0.0))
-        args: dict[str, Any] = {
-            "current": 3,
-            "ready": 3,
-            "starting": 0,
-            "history": history,
-            "now": t,
-            "observation": obs,
-        }
-        free = decide(PARAMS, **args)
-        if free.replicas < 3:
-            # 60 ms of queue wait within the 150 ms allowed (threshold 200, service 50):
-            # three replicas keep it there (3 × 60 / 150 = 1.2 → 2 would do).
-            ok = decide(PARAMS, **args, slo=signal(latency=110, wait=60, burn=0.0))
-            assert ok.replicas == free.replicas == 2
-            # 140 ms of wait: 3 × 140 / 150 = 2.8, so all three are needed.
-            tight = decide(PARAMS, **args, slo=signal(latency=190, wait=140, burn=0.0))
-            assert tight.replicas == 3
-            assert "needs 3 replicas" in tight.reason
-            return
-        history = free.history
-    pytest.fail("an idle fleet never scaled down")
-
-
-def test_a_burning_budget_holds_a_scale_down() -> None:
+def first_scale_down() -> dict[str, Any]:
+    """decide()'s arguments at the first tick an idle fleet of 3 would shrink on."""
     pods = ("p0", "p1", "p2")
     history = History()
     t = T0
@@ -338,14 +309,29 @@ def test_a_burning_budget_holds_a_scale_down() -> None:
         }
         free = decide(PARAMS, **args)
         if free.replicas < 3:
-            held = decide(PARAMS, **args, slo=signal(latency=150, wait=5, burn=3.0))
-            assert held.replicas == 3
-            assert "burns its error budget" in held.reason
-            calm = decide(PARAMS, **args, slo=signal(latency=150, wait=5, burn=0.5))
-            assert calm.replicas == free.replicas
-            return
+            assert free.replicas == 2
+            return args
         history = free.history
     pytest.fail("an idle fleet never scaled down")
+
+
+def test_the_slo_is_a_floor_for_scale_down() -> None:
+    args = first_scale_down()
+    # 60 ms of queue wait within the 150 ms allowed (threshold 200, service 50):
+    # 3 × 60 / 150 = 1.2, so two replicas do.
+    assert decide(PARAMS, **args, slo=signal(latency=110, wait=60, burn=0.0)).replicas == 2
+    # 140 ms of wait: 3 × 140 / 150 = 2.8, so all three are needed.
+    tight = decide(PARAMS, **args, slo=signal(latency=190, wait=140, burn=0.0))
+    assert tight.replicas == 3
+    assert "needs 3 replicas" in tight.reason
+
+
+def test_a_burning_budget_holds_a_scale_down() -> None:
+    args = first_scale_down()
+    held = decide(PARAMS, **args, slo=signal(latency=150, wait=5, burn=3.0))
+    assert held.replicas == 3
+    assert "burns its error budget" in held.reason
+    assert decide(PARAMS, **args, slo=signal(latency=150, wait=5, burn=0.5)).replicas == 2
 
 
 # --- the plan --------------------------------------------------------------------

@@ -61,12 +61,21 @@ HOUR_MS = 3_600_000
 WINDOW_HOURS = 24
 LEDGER_ENCODING = 1
 # Status carries the totals at most this often when nothing else changed: a write
-# per deployment per interval (5,000 deployments holding GPUs: ~170 writes/s; a
-# longer interval for big fleets is still to do). What a restart
+# per deployment per interval, longer for big fleets (usage_flush_ms). What a restart
 # loses of GPU time is not bounded by it (the gap is filled from what is still
 # visible), only what pods that vanished meanwhile ran, and the requests served
 # since the last write.
 USAGE_FLUSH_MS = 30_000
+# With many deployments the interval grows so that usage alone never writes more
+# than this many statuses a second (5,000 deployments: every 250 s).
+MAX_USAGE_WRITES_PER_S = 20
+
+
+def usage_flush_ms(deployments: int) -> int:
+    """How long usage waits between writes of its own, for a fleet of ``deployments``."""
+    return max(USAGE_FLUSH_MS, deployments * 1000 // MAX_USAGE_WRITES_PER_S)
+
+
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 

@@ -36,6 +36,7 @@ from turnpike.capacity.meter import (
     restored_ledger,
     snapshot_of,
     tier_usage_status,
+    usage_flush_ms,
     usage_status,
     with_tier_usage,
 )
@@ -114,6 +115,11 @@ class GpuMeter:
             return None  # its ready total still lacks the gap: writing it would lose that
         snapshot = self.meter.snapshot(key, now)
         return usage_status(snapshot) if snapshot is not None else None
+
+    @property
+    def flush_ms(self) -> int:
+        """How long usage waits between writes of its own (longer for big fleets)."""
+        return usage_flush_ms(len(self._gpus_per_replica))
 
     def granted(self, key: Key, gpus: int) -> None:
         """The reconcile granted ``gpus`` (replicas × GPUs per replica) from now on."""

@@ -21,6 +21,7 @@ import aiohttp
 from turnpike.api.modeldeployment import ModelDeployment
 from turnpike.api.status import ModelDeploymentStatus
 from turnpike.api.uris import redact_userinfo
+from turnpike.capacity.meter import USAGE_FLUSH_MS
 from turnpike.controller.autoscaler import Autoscaler, Tick
 from turnpike.controller.cache import Cache
 from turnpike.controller.capacity import CapacityGate, Verdict
@@ -181,6 +182,9 @@ class ModelDeploymentReconciler:
                     pods=pods,
                     slo=reading.slo if reading is not None else None,
                     usage=usage,
+                    usage_flush_ms=self.meter.flush_ms
+                    if self.meter is not None
+                    else USAGE_FLUSH_MS,
                 )
             )
             if self.meter is not None:

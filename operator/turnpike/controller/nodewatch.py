@@ -11,21 +11,13 @@ manages tiers (one that watches every namespace) runs it.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
-
 from turnpike.capacity.overcommit import ClusterGpus, NodeGpus, node_gpus
-from turnpike.kube import ApiError, Kube
+from turnpike.controller.reflector import Reflector
+from turnpike.kube import Kube
 from turnpike.kube.resources import NODE
-
-log = logging.getLogger(__name__)
-WATCH_SECONDS = 300
-RETRY_SECONDS = (0.5, 1, 2, 5, 10)
 
 
 class NodeInventory:
@@ -78,48 +70,16 @@ class NodeInventory:
             self.on_change()
 
 
-class NodeReflector:
+class NodeReflector(Reflector):
+    resource = NODE
+    what = "node"
+
     def __init__(self, kube: Kube, inventory: NodeInventory) -> None:
-        self.kube = kube
+        super().__init__(kube)
         self.inventory = inventory
 
-    async def run(self, stop: asyncio.Event) -> None:
-        failures = 0
-        while not stop.is_set():
-            try:
-                resume: str | None = await self._relist()
-                failures = 0
-                while not stop.is_set() and resume is not None:
-                    resume = await self._watch(resume)
-            except Exception as error:  # any: a dead watch would freeze the inventory
-                delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)]
-                failures += 1
-                expected = isinstance(error, (TimeoutError, ApiError, aiohttp.ClientError, OSError))
-                log.log(
-                    logging.WARNING if expected else logging.ERROR,
-                    "node watch failed (%r); listing again in %ss",
-                    error,
-                    delay,
-                    exc_info=not expected,
-                )
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-
-    async def _relist(self) -> str:
-        items, version = await self.kube.list_with_version(NODE)
+    def listed(self, items: list[dict[str, Any]]) -> None:
         self.inventory.replace(items)
-        return version
 
-    async def _watch(self, version: str) -> str | None:
-        """Events from ``version`` on; the version to resume from, or None to relist."""
-        async for event, obj in self.kube.watch(
-            NODE, None, None, WATCH_SECONDS, resource_version=version
-        ):
-            if event == "ERROR":
-                # 410 Gone: the version fell out of the watch cache; list afresh.
-                log.info("node watch expired (%s); listing again", obj.get("message"))
-                return None
-            version = str(obj.get("metadata", {}).get("resourceVersion", version))
-            if event != "BOOKMARK":
-                self.inventory.seen(event, obj)
-        return version
+    def seen(self, event: str, obj: dict[str, Any]) -> None:
+        self.inventory.seen(event, obj)

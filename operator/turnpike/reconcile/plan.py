@@ -24,7 +24,7 @@ from turnpike.api.status import (
 )
 from turnpike.autoscale.policy import Decision
 from turnpike.capacity import Allocation
-from turnpike.capacity.meter import with_usage
+from turnpike.capacity.meter import USAGE_FLUSH_MS, with_usage
 from turnpike.reconcile.children import desired_children, desired_replicas, too_large
 from turnpike.reconcile.diff import contains, needs_apply
 from turnpike.render import endpoint, selector
@@ -88,6 +88,8 @@ class Observed:
     slo: Report | None = None
     # The GPU meter's totals up to now (None: not metered; status keeps what it has).
     usage: ModelDeploymentUsage | None = None
+    # How long usage waits between writes of its own (see capacity.meter).
+    usage_flush_ms: int = USAGE_FLUSH_MS
 
 
 @dataclass(frozen=True)
@@ -318,7 +320,7 @@ def plan(observed: Observed) -> Plan:
     update: dict[str, Any] = {"tier": observed.tier, "slo": slo_update}
     update.update(autoscaling_fields(previous, observed.scaling, now))
     status = status.model_copy(update=update)
-    status = with_usage(previous, status, observed.usage)
+    status = with_usage(previous, status, observed.usage, observed.usage_flush_ms)
     events += transition_events(previous, status)
     if decision is not None and decision.changed and replicas != previous.desired_replicas:
         reason = "ScaledUp" if replicas > (previous.desired_replicas or 0) else "ScaledDown"
