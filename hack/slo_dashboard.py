@@ -36,7 +36,12 @@ from hack import loadgen, localcluster, netrule  # noqa: E402
 from hack.kubectl import Kubectl, eventually  # noqa: E402
 from hack.operator_process import start_operator  # noqa: E402
 from hack.prometheus import PrometheusServer, ScrapeTarget  # noqa: E402
-from tests.realpods import REAL_PRODUCT, local_volume, real_md, wait_real_node_idle  # noqa: E402
+from tests.realpods import (  # noqa: E402
+    REAL_PRODUCT,
+    local_volume,
+    slo_scaled_md,
+    wait_real_node_idle,
+)
 
 DASHBOARD = REPO / "deploy" / "grafana" / "turnpike-dashboard.json"
 ROW = "SLOs and the GPU meter"
@@ -90,14 +95,21 @@ def plot(url: str, start: float, end: float, marks: dict[str, float], out: Path)
                 ax.plot(xs, ys, label=legend(target["legendFormat"], series["metric"]))
         for what, at in marks.items():
             ax.axvline(at - start, color="grey", linestyle=":", linewidth=1)
-            ax.annotate(what, (at - start, 1), xycoords=("data", "axes fraction"),
-                        fontsize=7, va="top", ha="left", color="grey")
+            ax.annotate(
+                what,
+                (at - start, 1),
+                xycoords=("data", "axes fraction"),
+                fontsize=7,
+                va="top",
+                ha="left",
+                color="grey",
+            )
         ax.set_title(panel["title"], fontsize=10, loc="left")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("seconds into the run")
     fig.suptitle(
-        f"deploy/grafana/turnpike-dashboard.json, row \"{ROW}\": real run of "
+        f'deploy/grafana/turnpike-dashboard.json, row "{ROW}": real run of '
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(start))}",
         fontsize=10,
     )
@@ -134,28 +146,7 @@ def run(out: Path) -> int:
                 }
             )
             local_volume(kube, "models")
-            kube.apply(
-                real_md(
-                    NAME,
-                    "pvc://models",
-                    tier=tier,
-                    minReplicas=1,
-                    maxReplicas=3,
-                    slo={
-                        "latency": "requestLatency",
-                        "thresholdMilliseconds": 120,
-                        "objectivePercent": 50,
-                        "windowMinutes": 5,
-                    },
-                    autoscaling={
-                        "enabled": True,
-                        "target": 50,
-                        "scrapeIntervalSeconds": 1,
-                        "panicWindowSeconds": 2,
-                        "stabilizationWindowSeconds": 600,
-                    },
-                )
-            )
+            kube.apply(slo_scaled_md(NAME, tier))
             print("waiting for the ModelDeployment to be ready ...", flush=True)
             kube.run("wait", "--for=condition=Ready", "--timeout=180s", f"md/{NAME}", timeout=190)
             ip = kube.get("service", NAME)["spec"]["clusterIP"]
@@ -166,18 +157,34 @@ def run(out: Path) -> int:
                 print(f"load: {clients} clients for {seconds}s", flush=True)
                 loadgen.run([f"{ip}:8000"], [(seconds, clients)], keepalive=False)
             print("raising the tier's budget to 3 GPUs", flush=True)
-            kubectl.run("patch", "capacitytier", tier, "--type=merge",
-                        "-p", json.dumps({"spec": {"gpuBudget": {REAL_PRODUCT: 3}}}))
+            kubectl.run(
+                "patch",
+                "capacitytier",
+                tier,
+                "--type=merge",
+                "-p",
+                json.dumps({"spec": {"gpuBudget": {REAL_PRODUCT: 3}}}),
+            )
             marks["budget 1→3"] = time.time()
             loadgen.run([f"{ip}:8000"], [(AFTER_RAISE_S, PHASES[-1][1])], keepalive=False)
             marks["idle"] = time.time()
             time.sleep(20)  # the idle tail of the plot
             end = time.time()
             status = kube.get("md", NAME)["status"]
-            print(json.dumps({"slo": {k: v for k, v in status.get("slo", {}).items()
-                                      if k != "buckets"}, "usage": status.get("usage")}, indent=1))
-            eventually("Prometheus to hold the run", lambda: prom.query("turnpike_slo_burn_rate"),
-                       timeout=30)
+            print(
+                json.dumps(
+                    {
+                        "slo": {k: v for k, v in status.get("slo", {}).items() if k != "buckets"},
+                        "usage": status.get("usage"),
+                    },
+                    indent=1,
+                )
+            )
+            eventually(
+                "Prometheus to hold the run",
+                lambda: prom.query("turnpike_slo_burn_rate"),
+                timeout=30,
+            )
             plot(prom.url, start, end, marks, out)
             print(f"wrote {out}")
     finally:
@@ -186,10 +193,12 @@ def run(out: Path) -> int:
         with contextlib.suppress(AssertionError):
             eventually(
                 f"CapacityTier {tier} deleted",
-                lambda: kubectl.run(
-                    "delete", "capacitytier", tier, "--ignore-not-found", check=False
-                ).returncode
-                == 0,
+                lambda: (
+                    kubectl.run(
+                        "delete", "capacitytier", tier, "--ignore-not-found", check=False
+                    ).returncode
+                    == 0
+                ),
                 timeout=60,
             )
         operator.stop()

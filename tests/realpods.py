@@ -58,6 +58,32 @@ def real_md(name: str, uri: str, **spec: Any) -> dict[str, Any]:
     return body
 
 
+def slo_scaled_md(name: str, tier: str, threshold_ms: float = 120) -> dict[str, Any]:
+    """A ModelDeployment in ``tier`` that only its SLO scales (1 to 3 replicas): request
+    latency within ``threshold_ms`` for half the requests over 5 minutes (windows short
+    enough for a test), and a queue target no load here reaches."""
+    return real_md(
+        name,
+        "pvc://models",
+        tier=tier,
+        minReplicas=1,
+        maxReplicas=3,
+        slo={
+            "latency": "requestLatency",
+            "thresholdMilliseconds": threshold_ms,
+            "objectivePercent": 50,
+            "windowMinutes": 5,
+        },
+        autoscaling={
+            "enabled": True,
+            "target": 50,
+            "scrapeIntervalSeconds": 1,
+            "panicWindowSeconds": 2,
+            "stabilizationWindowSeconds": 600,
+        },
+    )
+
+
 def local_volume(kube: Kubectl, name: str) -> None:
     """A PersistentVolume on the real node holding the model repository, and its claim.
 
@@ -127,5 +153,9 @@ def real_node_pods(kubectl: Kubectl) -> list[dict[str, Any]]:
 def wait_real_node_idle(kubectl: Kubectl, timeout: float = 120) -> None:
     """Wait until no pod holds the real node (earlier tests' namespaces are deleted
     without waiting, and a draining Triton pod keeps its GPU for its grace period)."""
-    eventually("the real node free of other pods", lambda: not real_node_pods(kubectl) or None,
-               timeout=timeout, interval=1)
+    eventually(
+        "the real node free of other pods",
+        lambda: not real_node_pods(kubectl) or None,
+        timeout=timeout,
+        interval=1,
+    )

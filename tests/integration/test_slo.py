@@ -15,7 +15,13 @@ import pytest
 from hack import loadgen
 from hack.kubectl import Kubectl, eventually
 from tests.integration.test_capacity import condition, delete_consumers, tier
-from tests.realpods import REAL_PRODUCT, local_volume, real_md, wait_real_node_idle
+from tests.realpods import (
+    REAL_PRODUCT,
+    local_volume,
+    real_md,
+    slo_scaled_md,
+    wait_real_node_idle,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("real_node", "operator")]
 THRESHOLD_MS = 120.0
@@ -98,25 +104,7 @@ def test_a_binding_budget_is_named_and_raising_it_restores_the_slo(
     kubectl.apply(tier(name, "reserved", {REAL_PRODUCT: 1}, [kube.namespace or ""]))
     tiers.append(name)
     local_volume(kube, "models")
-    kube.apply(
-        real_md(
-            "held",
-            "pvc://models",
-            tier=name,
-            minReplicas=1,
-            maxReplicas=3,
-            # Windows short enough for a test: half the requests may be slow.
-            slo=slo(objectivePercent=50, windowMinutes=5),
-            autoscaling={
-                "enabled": True,
-                # A queue target no load here reaches: only the SLO scales this fleet.
-                "target": 50,
-                "scrapeIntervalSeconds": 1,
-                "panicWindowSeconds": 2,
-                "stabilizationWindowSeconds": 600,
-            },
-        )
-    )
+    kube.apply(slo_scaled_md("held", name, THRESHOLD_MS))
     kube.run("wait", "--for=condition=Ready", "--timeout=180s", "md/held", timeout=190)
     ip = kube.get("service", "held")["spec"]["clusterIP"]
     with loadgen.background([f"{ip}:8000"], [(300, 3)], keepalive=False) as load:
