@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import math
 import sys
@@ -61,6 +62,20 @@ class Phase:
             raise ValueError(f"concurrency {self.concurrency} must be in 0..{MAX_CONCURRENCY}")
 
 
+def errno_of(exc: BaseException) -> str:
+    """The OS error's name under a client error (aiohttp keeps only its text)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            break
+        os_error = getattr(seen, "os_error", None) or seen
+        code = os_error.errno if isinstance(os_error, OSError) else None
+        if code is not None and code in errno.errorcode:
+            return f" [{errno.errorcode[code]}]"
+        seen = seen.__cause__ or seen.__context__
+    return ""
+
+
 @dataclass(slots=True)
 class PhaseStats:
     index: int
@@ -76,6 +91,8 @@ class PhaseStats:
     max_ms: float | None = None
     errors: dict[str, int] = field(default_factory=dict)  # first error texts, counted
     latencies_ms: list[float] = field(default_factory=list, repr=False)
+    # When each failure happened, seconds since the run began (to line up with events).
+    failed_at_s: list[float] = field(default_factory=list, repr=False)
 
     @property
     def throughput(self) -> float:
@@ -84,7 +101,7 @@ class PhaseStats:
 
     def summary(self) -> dict[str, object]:
         data = asdict(self)
-        del data["latencies_ms"]
+        del data["latencies_ms"], data["failed_at_s"]
         data["throughput"] = round(self.throughput, 2)
         return data
 
@@ -242,7 +259,8 @@ async def run_load(
             raise
         except Exception as exc:  # every failure counts; the text says which
             stats.failed += 1
-            text = f"{type(exc).__name__}: {exc}"[:200]
+            stats.failed_at_s.append(round(time.monotonic() - began, 3))
+            text = f"{type(exc).__name__}: {exc}{errno_of(exc)}"[:200]
             if text in stats.errors or len(stats.errors) < 10:
                 stats.errors[text] = stats.errors.get(text, 0) + 1
         else:

@@ -159,3 +159,44 @@ def wait_real_node_idle(kubectl: Kubectl, timeout: float = 120) -> None:
         timeout=timeout,
         interval=1,
     )
+
+
+def kube_proxy_backlog_s() -> float | None:
+    """Seconds of Service/EndpointSlice changes the real node's kube-proxy has queued
+    but not yet written to nftables (0 when caught up; None if it cannot be read)."""
+    import urllib.request
+
+    from hack import localcluster
+
+    port = localcluster._read_state()["ports"]["kube_proxy_metrics"]
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return None
+    synced: dict[str, float] = {}
+    queued: dict[str, float] = {}
+    for line in text.splitlines():
+        series, _, value = line.partition(" ")
+        name, _, labels = series.partition("{")
+        if name == "kubeproxy_sync_proxy_rules_last_timestamp_seconds":
+            synced[labels] = float(value)
+        elif name == "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds":
+            queued[labels] = float(value)
+    if not synced:
+        return None
+    # One series per IP family: the backlog is the family furthest behind.
+    return max(max(0.0, queued.get(family, 0.0) - at) for family, at in synced.items())
+
+
+def wait_kube_proxy_synced(timeout: float = 120) -> None:
+    """Wait until kube-proxy has written every queued change. Earlier tests delete
+    namespaces holding hundreds of Services; while kube-proxy works through them, an
+    endpoint removal can take longer to reach nftables than a pod's preStop sleep,
+    which is the harness's backlog, not what a rollout test measures."""
+    eventually(
+        "kube-proxy caught up with queued Service changes",
+        lambda: kube_proxy_backlog_s() == 0.0 or None,
+        timeout=timeout,
+        interval=1,
+    )

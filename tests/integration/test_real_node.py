@@ -22,11 +22,13 @@ from hack.kubectl import Kubectl, eventually
 from tests.realpods import (
     MODEL,
     REAL_PRODUCT,
+    kube_proxy_backlog_s,
     local_volume,
     model_server,
     real_md,
     realnode_pool_name,
     triton_image,
+    wait_kube_proxy_synced,
     wait_real_node_idle,
 )
 
@@ -283,6 +285,7 @@ def test_spec_change_rolls_real_pods_without_a_failed_request(
     local_volume(kube, "models")
     kube.apply(real_md("sleepy-roll", "pvc://models", replicas=2))
     wait_md_ready(kube, "sleepy-roll")
+    wait_kube_proxy_synced()
     before = {p["metadata"]["name"] for p in pods_of(kube, "sleepy-roll")}
     ip = kube.get("service", "sleepy-roll")["spec"]["clusterIP"]
 
@@ -318,4 +321,9 @@ def test_spec_change_rolls_real_pods_without_a_failed_request(
         f"{result.ok} ok, {result.failed} failed"
     )
     assert result.sent > 100
-    assert result.failed == 0, [p.errors for p in result.phases]
+    failed_at = [t for p in result.phases for t in p.failed_at_s]
+    assert result.failed == 0, (
+        [p.errors for p in result.phases],
+        f"failures from {min(failed_at, default=0):.1f}s to {max(failed_at, default=0):.1f}s "
+        f"after the load began; kube-proxy backlog now {kube_proxy_backlog_s()}s",
+    )

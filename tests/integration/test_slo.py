@@ -40,17 +40,18 @@ def within(result: loadgen.LoadResult, phases: range | None = None) -> tuple[int
 
 def status_slo_after(kube: Kubectl, name: str, requests: int) -> dict[str, Any]:
     """status.slo once it counts at least ``requests`` (its writes are spaced ~15 s)."""
-    return eventually(
-        f"status.slo to count {requests} requests",
-        lambda: (
-            s
-            if (s := kube.get("md", name).get("status", {}).get("slo") or {}).get("requests", 0)
-            >= requests
-            else None
-        ),
-        timeout=60,
-        interval=1,
-    )
+    seen: dict[str, Any] = {}
+
+    def counted() -> dict[str, Any] | None:
+        seen.update(slo=kube.get("md", name).get("status", {}).get("slo"))
+        return seen["slo"] if (seen["slo"] or {}).get("requests", 0) >= requests else None
+
+    try:
+        return eventually(
+            f"status.slo to count {requests} requests", counted, timeout=60, interval=1
+        )
+    except AssertionError as error:
+        raise AssertionError(f"{error}; status.slo was {seen.get('slo')!r}") from None
 
 
 def test_attainment_agrees_with_the_clients_own_measurement(
