@@ -72,7 +72,7 @@ system-deps: ## Debian packages the tests need (runc, nftables, buildah, deboots
 	hack/install-system-deps.sh
 
 .PHONY: bench-autoscale
-bench-autoscale: setup system-deps ## autoscaler: reaction on real Triton pods (~4 min), then the HPA/KPA/KEDA simulation (~30 s)
+bench-autoscale: setup system-deps ## autoscaler: reaction on real Triton pods (~4 min), then the HPA/KPA/KEDA simulation, fair baselines, frontier and held-out traces (~9 min)
 	hack/build-cluster.sh >/dev/null
 	hack/images/build.sh >/dev/null
 	$(PY) bench/autoscale_reaction.py

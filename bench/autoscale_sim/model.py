@@ -2,9 +2,16 @@
 
 The model, per simulated run:
 
-* Requests arrive at the times of a :class:`~bench.autoscale_sim.traces.Trace`
-  and join one FIFO queue shared by all ready replicas (a load balancer that
-  always finds a free slot if there is one).
+* Requests arrive at the times of a :class:`~bench.autoscale_sim.traces.Trace`.
+  With ``balancing="shared"`` they join one FIFO queue shared by all ready
+  replicas (an activator or a queue-aware router: a request never waits
+  beside a free slot). With ``"random"`` or ``"round-robin"`` (a plain
+  Service: kube-proxy's iptables mode picks at random, IPVS ``rr`` in turn)
+  each request is sent to one ready replica on arrival and waits in *that*
+  replica's Triton queue, even while another replica has free slots. A
+  removed replica finishes the requests queued at it before it frees its
+  GPU; requests that arrive while no replica is ready wait in front of the
+  Service and are spread over the first replicas to become ready.
 * A ready replica serves up to ``slots`` requests at once (Triton's in-flight
   batch slots); each request holds a slot for its own service time. A request
   that finds no free slot waits; its *queue wait* is the time from arrival to
@@ -30,7 +37,7 @@ import heapq
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +45,9 @@ import numpy.typing as npt
 from bench.autoscale_sim.traces import Trace
 
 _EPS = 1e-6
+
+Balancing = Literal["shared", "random", "round-robin"]
+BALANCING: tuple[Balancing, ...] = ("shared", "random", "round-robin")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +60,13 @@ class ServingModel:
     slo_target: float = 0.99
     dt: float = 0.1
     sample_s: float = 5.0
+    balancing: Balancing = "shared"
 
     def __post_init__(self) -> None:
         if self.slots < 1 or self.load_s < 0 or self.dt <= 0 or self.sample_s < self.dt:
             raise ValueError("need slots >= 1, load_s >= 0, dt > 0 and sample_s >= dt")
+        if self.balancing not in BALANCING:
+            raise ValueError(f"balancing must be one of {BALANCING}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +78,11 @@ class ClusterView:
     ``concurrency_area`` is the integral of (in-flight + queued requests)
     over time up to ``now``: the difference of two readings divided by the
     interval is the time-averaged concurrency a Knative queue-proxy reports.
+    ``busy`` and ``queues`` are per ready pod (aligned with ``ready``): what
+    each pod's Triton reports as executing and pending. ``queues`` is empty
+    with the shared queue, which belongs to no pod; ``queue`` is then the
+    shared queue's length, else the sum over ready pods. Both default to
+    empty so hand-built views in tests stay short.
     """
 
     now: float
@@ -74,6 +92,8 @@ class ClusterView:
     queue: int
     in_service: int
     concurrency_area: float
+    busy: tuple[int, ...] = ()
+    queues: tuple[int, ...] = ()
 
 
 class Autoscaler(Protocol):
@@ -121,6 +141,10 @@ class Result:
     actions: int
     pods_started: int
     series: Series
+    # The most replicas ever spec'd (warm-up included): a run whose peak stays
+    # below maxReplicas never hit the clamp, so it is also the run at any
+    # larger maxReplicas (the runner reuses it instead of re-simulating).
+    peak_spec: int = 0
 
     @property
     def slo_attainment(self) -> float:
@@ -166,9 +190,18 @@ def simulate(
     slots = m.slots
     dt = m.dt
     load_s = m.load_s
+    shared = m.balancing == "shared"
+    round_robin = m.balancing == "round-robin"
     arrivals = trace.arrivals
     service = trace.service_s
     n = len(arrivals)
+    # One draw per request, fixed by the trace's seed: every policy sends the
+    # same request to the same position of its ready list (common random numbers).
+    picks: list[float] = (
+        np.random.default_rng([trace.seed, 4242, n]).uniform(size=n).tolist()
+        if m.balancing == "random"
+        else []
+    )
     duration = trace.duration_s
     steps = round(duration / dt)
     sample_every = max(1, round(m.sample_s / dt))
@@ -176,20 +209,25 @@ def simulate(
     first = bisect.bisect_left(arrivals, warmup)
 
     waits = [math.nan] * n
-    queue: deque[int] = deque()
+    queue: deque[int] = deque()  # shared queue; or requests before any pod is ready
     heap: list[tuple[float, int]] = []  # (finish time, pod id)
     # Per pod, indexed by id.
     busy: list[int] = []
+    pq: list[deque[int]] = []  # per-pod Triton queues (not shared balancing)
     created: list[float] = []
     ready_at: list[float] = []
     loading: dict[int, None] = {}  # in creation order
     ready: dict[int, None] = {}  # in order of becoming ready
+    ready_list: list[int] = []  # ``ready`` as a list, for the balancer
     draining: set[int] = set()
-    free: dict[int, None] = {}  # ready pods with a free slot
+    free: dict[int, None] = {}  # ready pods with a free slot (shared balancing)
     gpu_seconds = 0.0
     actions = 0
     pods_started = 0
+    peak_spec = initial_replicas
     completed = 0
+    queued = 0  # requests waiting anywhere (per-pod queues and ``queue``)
+    rr_next = 0
     level = 0  # in-flight + queued
     area = 0.0
     area_t = 0.0
@@ -201,6 +239,7 @@ def simulate(
 
     def new_pod(now: float) -> int:
         busy.append(0)
+        pq.append(deque())
         created.append(now)
         ready_at.append(now + load_s)
         return len(busy) - 1
@@ -215,22 +254,46 @@ def simulate(
         busy[pid] += 1
         heapq.heappush(heap, (now + service[i], pid))
 
+    def route(i: int, now: float) -> None:
+        """Send request ``i`` to a ready pod (per-pod balancing only)."""
+        nonlocal rr_next, queued
+        if round_robin:
+            rr_next %= len(ready_list)
+            pid = ready_list[rr_next]
+            rr_next += 1
+        else:
+            pid = ready_list[int(picks[i] * len(ready_list))]
+        if busy[pid] < slots and not pq[pid]:
+            start(i, pid, now)
+        else:
+            pq[pid].append(i)
+            queued += 1
+
     def make_ready(pid: int, now: float) -> None:
+        nonlocal queued
         del loading[pid]
         ready[pid] = None
-        while queue and busy[pid] < slots:
-            start(queue.popleft(), pid, now)
-        if busy[pid] < slots:
-            free[pid] = None
+        ready_list.append(pid)
+        if shared:
+            while queue and busy[pid] < slots:
+                start(queue.popleft(), pid, now)
+                queued -= 1
+            if busy[pid] < slots:
+                free[pid] = None
+        else:
+            while queue:
+                queued -= 1
+                route(queue.popleft(), now)
 
     def scale_to(desired: int, now: float) -> None:
-        nonlocal gpu_seconds, pods_started
+        nonlocal gpu_seconds, pods_started, peak_spec, ready_list
         current = len(loading) + len(ready)
         if desired > current:
             for _ in range(desired - current):
                 loading[new_pod(now)] = None
             if now >= warmup:
                 pods_started += desired - current
+            peak_spec = max(peak_spec, desired)
             return
         remove = current - desired
         for pid in reversed(list(loading)):
@@ -249,6 +312,7 @@ def simulate(
             else:
                 draining.add(pid)
             remove -= 1
+        ready_list = list(ready)
 
     for k in range(steps):
         t = round(k * dt, 6)
@@ -264,11 +328,13 @@ def simulate(
             view = ClusterView(
                 now=t,
                 spec_replicas=len(loading) + len(ready),
-                ready=tuple(ready),
+                ready=tuple(ready_list),
                 loading=tuple(loading),
-                queue=len(queue),
+                queue=len(queue) if shared else sum(len(pq[p]) for p in ready_list),
                 in_service=len(heap),
                 concurrency_area=area + level * (t - area_t),
+                busy=tuple(busy[p] for p in ready_list),
+                queues=() if shared else tuple(len(pq[p]) for p in ready_list),
             )
             desired = policy.tick(view)
             if policy.next_tick <= before:
@@ -285,7 +351,7 @@ def simulate(
             series.spec.append(len(loading) + len(ready))
             series.holding.append(len(loading) + len(ready) + len(draining))
             series.ready.append(len(ready))
-            series.queue.append(len(queue))
+            series.queue.append(queued)
 
         # Requests within [t, t_end), in time order.
         while True:
@@ -300,12 +366,20 @@ def simulate(
                 level -= 1
                 completed += 1
                 busy[pid] -= 1
-                if pid in draining:
+                if not shared:
+                    if pq[pid]:
+                        start(pq[pid].popleft(), pid, tc)
+                        queued -= 1
+                    elif pid in draining and busy[pid] == 0:
+                        draining.discard(pid)
+                        gpu_seconds += held(pid, tc)
+                elif pid in draining:
                     if busy[pid] == 0:
                         draining.discard(pid)
                         gpu_seconds += held(pid, tc)
                 elif queue:
                     start(queue.popleft(), pid, tc)
+                    queued -= 1
                 else:
                     free[pid] = None
             else:
@@ -314,13 +388,16 @@ def simulate(
                 area += level * (ta - area_t)
                 area_t = ta
                 level += 1
-                if free:
+                if not shared and ready_list:
+                    route(idx, ta)
+                elif shared and free:
                     pid = next(iter(free))
                     start(idx, pid, ta)
                     if busy[pid] >= slots:
                         del free[pid]
                 else:
                     queue.append(idx)
+                    queued += 1
                 idx += 1
 
     end = steps * dt
@@ -328,6 +405,9 @@ def simulate(
         gpu_seconds += held(pid, end)
     for i in queue:
         waits[i] = end - arrivals[i]
+    for q in pq:
+        for i in q:
+            waits[i] = end - arrivals[i]
     return Result(
         policy=policy.name,
         trace=trace.name,
@@ -338,9 +418,10 @@ def simulate(
         total_arrived=idx,
         completed=completed,
         in_service_at_end=len(heap),
-        queued_at_end=len(queue),
+        queued_at_end=queued,
         gpu_seconds=gpu_seconds,
         actions=actions,
         pods_started=pods_started,
         series=series,
+        peak_spec=peak_spec,
     )

@@ -124,18 +124,26 @@ class TurnpikePolicy:
         """
         if self.slots is None:
             return None
+        if view.busy:
+            # Per-pod executing counts, as each ready pod's Triton reports them.
+            return float(sum(view.busy))
         full = len(view.ready) * self.slots
         return float(full if view.queue > 0 else min(view.in_service, full))
 
     def tick(self, view: ClusterView) -> int | None:
         now = EPOCH + view.now
         pods = tuple(f"pod-{pid}" for pid in view.ready)
+        if view.queues:
+            pairs = zip(view.ready, view.queues, strict=True)
+            queues = {f"pod-{pid}": float(q) for pid, q in pairs}
+        else:
+            queues = dict.fromkeys(pods, view.queue / len(pods)) if pods else {}
         observation = (
             Observation(
                 time=now,
                 queue=float(view.queue),
                 pods=pods,
-                queues=dict.fromkeys(pods, view.queue / len(pods)),
+                queues=queues,
                 in_flight=self.in_flight(view),
             )
             if pods
@@ -160,8 +168,17 @@ class TurnpikePolicy:
 # Prometheus in front of the HPA and KEDA.
 
 
+MetricName = Literal["queue", "concurrency"]
+
+
 class Prometheus:
-    """Scrapes each ready pod's Triton queue depth every ``interval_s``.
+    """Scrapes each ready pod's Triton metric every ``interval_s``.
+
+    ``metric="queue"`` is ``nv_inference_pending_request_count`` alone (the
+    misconfigured baselines); ``"concurrency"`` is pending + executing, the
+    work in flight at the pod, which is what a competent HPA/KEDA setup reads
+    for a server with hard slot limits. With the shared queue the pending
+    count is spread evenly over the ready pods (the queue belongs to none).
 
     A pod that is still loading has no metrics endpoint yet (Triton starts its
     metrics server after loading models), so it has no series; a pod that is
@@ -170,17 +187,27 @@ class Prometheus:
     old.
     """
 
-    def __init__(self, interval_s: float = 15.0, offset_s: float = 0.0) -> None:
+    def __init__(
+        self, interval_s: float = 15.0, offset_s: float = 0.0, metric: MetricName = "queue"
+    ) -> None:
         self.interval_s = interval_s
         self.next_scrape = offset_s
+        self.metric = metric
         self.values: dict[int, float] = {}
         self.scraped_at: float | None = None
 
     def advance(self, view: ClusterView) -> None:
         if not _due(self.next_scrape, view.now):
             return
-        per_pod = view.queue / len(view.ready) if view.ready else 0.0
-        self.values = dict.fromkeys(view.ready, per_pod)
+        if view.queues:
+            pending = [float(q) for q in view.queues]
+        else:
+            even = view.queue / len(view.ready) if view.ready else 0.0
+            pending = [even] * len(view.ready)
+        if self.metric == "concurrency":
+            executing = view.busy or (0,) * len(view.ready)
+            pending = [q + b for q, b in zip(pending, executing, strict=True)]
+        self.values = dict(zip(view.ready, pending, strict=True))
         self.scraped_at = view.now
         while _due(self.next_scrape, view.now):
             self.next_scrape += self.interval_s
@@ -516,6 +543,24 @@ class KEDAPolicy:
 # Knative KPA (pkg/autoscaler/scaling/autoscaler.go).
 
 
+def kpa_target(
+    container_concurrency: int, utilization: float = 0.7, annotation: float | None = None
+) -> float:
+    """``ResolveMetricTarget`` (pkg/reconciler/autoscaling/resources/target.go).
+
+    The per-pod concurrency the decider aims for: the annotation target (if
+    any) clamped to containerConcurrency (when set), else containerConcurrency
+    (the 100 default when 0), times the target utilisation, at least 1. The
+    clamp is why a target above a pod's slots cannot be configured in Knative.
+    """
+    total = float(container_concurrency or 100)
+    if annotation is not None:
+        total = annotation
+        if container_concurrency:
+            total = min(annotation, float(container_concurrency))
+    return max(1.0, total * utilization)
+
+
 class KPAPolicy:
     """Knative's KPA decider on concurrency, with the config-autoscaler defaults.
 
@@ -674,3 +719,75 @@ class GuardedTurnpikePolicy(TurnpikePolicy):
         if left <= 0 or peak > self.max_utilization * left * self.guard_slots:
             return view.spec_replicas
         return desired
+
+
+class PredictiveTurnpikePolicy(TurnpikePolicy):
+    """CANDIDATE, not shipped: the real policy plus a short-horizon trend forecast.
+
+    Diurnal and working-day ramps are predictable, and a replica asked for
+    when the queue shows the ramp serves one model load too late. This wrapper
+    keeps ``decide`` unchanged and adds a floor: a least-squares line through
+    the in-flight + queued work of the last ``window_s``, extrapolated
+    ``horizon_s`` ahead (the model-load time), divided by ``utilization`` ×
+    the per-replica capacity the real policy learned (its history's
+    ``slots``; no forecast before it learned one). The floor applies only
+    when the slope is significant (more than ``min_t`` standard errors), so
+    Poisson noise on a flat load does not buy replicas, and its growth is
+    bounded like the policy's own scale-up (``max_scale_up_rate`` × ready),
+    so a flash crowd's steep first seconds are not extrapolated without limit.
+    The floor also limits scale-downs (never below what the forecast needs).
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        *,
+        slots: int,
+        horizon_s: float,
+        window_s: float = 60.0,
+        utilization: float = 0.8,
+        min_t: float = 3.0,
+        name: str = "turnpike-predictive (candidate)",
+    ) -> None:
+        super().__init__(params, slots=slots, name=name)
+        self.horizon_s = horizon_s
+        self.window_s = window_s
+        self.utilization = utilization
+        self.min_t = min_t
+        self.work: deque[tuple[float, float]] = deque()
+        self.last_forecast: float | None = None
+
+    def forecast(self) -> float | None:
+        """Work expected ``horizon_s`` from now, or None without a clear trend."""
+        if len(self.work) < 8:
+            return None
+        ts = [t for t, _ in self.work]
+        ws = [w for _, w in self.work]
+        n = len(ts)
+        mt, mw = math.fsum(ts) / n, math.fsum(ws) / n
+        sxx = math.fsum((t - mt) ** 2 for t in ts)
+        if sxx <= 0:
+            return None
+        slope = math.fsum((t - mt) * (w - mw) for t, w in zip(ts, ws, strict=True)) / sxx
+        resid = math.fsum((w - mw - slope * (t - mt)) ** 2 for t, w in zip(ts, ws, strict=True))
+        se = math.sqrt(resid / max(n - 2, 1) / sxx)
+        if slope <= 0 or slope < self.min_t * se:
+            return None
+        return mw + slope * (ts[-1] + self.horizon_s - mt)
+
+    def tick(self, view: ClusterView) -> int | None:
+        in_flight = self.in_flight(view) or 0.0
+        self.work.append((view.now, in_flight + view.queue))
+        while self.work and self.work[0][0] < view.now - self.window_s:
+            self.work.popleft()
+        desired = super().tick(view)
+        slots = self.history.slots
+        ahead = self.forecast()
+        self.last_forecast = ahead
+        if desired is None or ahead is None or slots is None or slots <= 0:
+            return desired
+        need = math.ceil(ahead / (self.utilization * slots) - 1e-9)
+        ready = len(view.ready)
+        bound = max(math.ceil(ready * self.params.max_scale_up_rate), ready + 1)
+        floor = min(need, self.params.max_replicas, max(bound, view.spec_replicas))
+        return max(desired, floor)
