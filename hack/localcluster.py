@@ -46,6 +46,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hack import netrule, realnode
+from hack.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 HACK = REPO / "hack"
@@ -98,12 +99,6 @@ def build() -> Path:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(

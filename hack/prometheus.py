@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -49,6 +48,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hack import netrule
+from hack.ports import free_port
 
 BINARY_ENV = "TURNPIKE_PROMETHEUS"
 APT_PACKAGE = "prometheus"
@@ -86,13 +86,6 @@ def find_binary() -> str | None:
         return found
     debian = "/usr/bin/prometheus"
     return debian if os.access(debian, os.X_OK) else None
-
-
-def free_port(ip: str = "127.0.0.1") -> int:
-    """A port free on ``ip`` right now (the kernel's pick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((ip, 0))
-        return int(sock.getsockname()[1])
 
 
 def render_config(

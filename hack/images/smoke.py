@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,26 +31,17 @@ from http import server as httpserver
 from pathlib import Path
 from typing import Any
 
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from hack.ports import free_ports
+
 LOOPBACK = "127.0.0.1"
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class SmokeError(RuntimeError):
     pass
-
-
-def free_ports(count: int) -> list[int]:
-    socks, ports = [], []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind((LOOPBACK, 0))
-            socks.append(sock)
-            ports.append(sock.getsockname()[1])
-    finally:
-        for sock in socks:
-            sock.close()
-    return ports
 
 
 def http(method: str, url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, bytes]:

@@ -9,7 +9,6 @@ test sets at teardown instead of sleeping.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from hack.ports import free_port
 from turnpike.autoscale.history import History
 from turnpike.autoscale.policy import Params, decide
 from turnpike.autoscale.sources import (
@@ -53,18 +53,11 @@ def exposition(
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class Fleet:
     """Fake pods, one per loopback address, sharing one port."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.release = asyncio.Event()  # unblocks "slow" handlers at teardown
         self.hits: dict[str, int] = {}
         self._runners: list[web.AppRunner] = []
@@ -245,7 +238,7 @@ def test_queue_time_from_two_rounds_with_a_restart() -> None:
 def test_proxy_environment_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("NO_PROXY", "no_proxy"):
         monkeypatch.delenv(var, raising=False)
-    dead_proxy = f"http://127.0.0.1:{_free_port()}"
+    dead_proxy = f"http://127.0.0.1:{free_port()}"
     for var in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.setenv(var, dead_proxy)
 
