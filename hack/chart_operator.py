@@ -10,6 +10,9 @@ leader. Used by the demo and the fault suite.
     op.wait_ready()
     op.metrics()       # the leader pod's /metrics, as {'name{labels}': value}
     op.uninstall()
+
+With ``--set gateway.enabled=true`` among the values the release also runs
+`turnpike gateway` pods (``op.gateway_pods()``, ``op.gateway_address()``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ RESTRICTED = {
     "pod-security.kubernetes.io/warn-version": "latest",
 }
 METRICS_PORT = 8080
+# The chart's gateway.port default: requests, /metrics and /turnpike/load of a gateway pod.
+GATEWAY_PORT = 8080
+OPERATOR_PODS = "app.kubernetes.io/component=operator"
+GATEWAY_PODS = "app.kubernetes.io/component=gateway"
 
 
 def ready(pod: dict[str, Any]) -> bool:
@@ -74,12 +81,29 @@ class ChartOperator:
             raise RuntimeError(f"helm {' '.join(args[:2])} failed: {result.stderr.strip()}")
         return result.stdout
 
-    def pods(self) -> list[dict[str, Any]]:
+    def _release_pods(self, component: str) -> list[dict[str, Any]]:
+        selector = f"app.kubernetes.io/instance={self.release},{component}"
         return [
             p
-            for p in self.kube.items("pods", "-l", f"app.kubernetes.io/instance={self.release}")
+            for p in self.kube.items("pods", "-l", selector)
             if not p["metadata"].get("deletionTimestamp")
         ]
+
+    def pods(self) -> list[dict[str, Any]]:
+        """The operator's pods (not the release's gateway pods, when it has some)."""
+        return self._release_pods(OPERATOR_PODS)
+
+    def gateway_pods(self) -> list[dict[str, Any]]:
+        """The release's `turnpike gateway` pods (none unless gateway.enabled)."""
+        return self._release_pods(GATEWAY_PODS)
+
+    def gateway_address(self) -> str:
+        """http://IP:PORT of a ready gateway pod, over the pod network like metrics():
+        the host reaches pod IPs, not necessarily the gateway Service's ClusterIP."""
+        for pod in self.gateway_pods():
+            if ready(pod) and pod["status"].get("podIP"):
+                return f"http://{pod['status']['podIP']}:{GATEWAY_PORT}"
+        raise OSError(f"no ready gateway pod in {self.namespace}")
 
     def leader(self) -> str | None:
         lease = self.kube.get("lease", self.fullname)

@@ -34,6 +34,9 @@ def test_a_yaml_config_file(tmp_path: Path) -> None:
     )
     config = load_config(path)
     assert config.limits("llama").max_replicas == 6
+    # A discovered deployment is NAMESPACE/NAME; an entry by NAME alone applies to it.
+    assert config.limits("ml/llama").max_replicas == 6
+    assert config.limits("ml/other").max_replicas is None
     assert config.tiers["reserved"].reserved
     path.write_text("tiers: [")
     with pytest.raises(ConfigError, match="not YAML"):
@@ -45,7 +48,8 @@ def test_a_yaml_config_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "argv",
     [
-        ["gateway"],  # no endpoint source yet besides the static one
+        ["gateway", "--static-endpoints", "m=", "--namespace", "ml"],  # two sources
+        ["gateway", "--namespace", "Not_A_Namespace"],
         ["gateway", "--static-endpoints", "m=nohost"],
         ["gateway", "--static-endpoints", "m=", "--listen", "nope"],
         ["gateway", "--static-endpoints", "m=", "--config", "/nonexistent.yaml"],
@@ -55,3 +59,12 @@ def test_bad_flags_stop_before_serving(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as stopped:
         main(argv)
     assert stopped.value.code not in (0, None)
+
+
+def test_discovery_without_any_cluster_credentials_says_how_to_fix_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    with pytest.raises(SystemExit, match="--static-endpoints"):
+        main(["gateway", "--listen", "127.0.0.1:1"])

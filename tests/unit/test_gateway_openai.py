@@ -35,7 +35,7 @@ def test_completion_for_each_dialect() -> None:
     )
     assert call.payload(Dialect.PLAIN) == {
         "text_input": "Hi",
-        "parameters": {"max_tokens": 5, "temperature": 0.5, "stop": '["\\n"]'},
+        "parameters": {"max_tokens": 5, "temperature": 0.5, "stop": '["\\n"]', "stream": False},
     }
     assert call.payload(Dialect.TRTLLM) == {
         "text_input": "Hi",

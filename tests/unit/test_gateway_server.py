@@ -171,6 +171,8 @@ def test_a_request_held_at_zero_replicas_succeeds_once_an_endpoint_appears() -> 
             metrics = await (await client.get("/metrics")).text()
             assert 'turnpike_gateway_held_requests{deployment="m"} 1.0' in metrics
             assert (await client.get("/v2/models/m/ready")).status == 503  # a probe holds nothing
+            load = await (await client.get("/turnpike/load")).json()
+            assert load["deployments"]["m"]["held"] == 1  # what the operator polls
             endpoints.set("m", [a.endpoint])
             response = await pending
             assert response.status == 200 and gw.holds.held("m") == 0

@@ -478,6 +478,16 @@ class Autoscaling(ApiModel):
             "overshoots while the queue reads empty (0: no time limit)."
         ),
     )
+    scale_to_zero_idle_seconds: int = Field(
+        default=300,
+        ge=30,
+        le=86_400,
+        description=(
+            "With minReplicas 0: scale to zero after this long with nothing queued, executing "
+            "or held at a gateway. A gateway must be reporting: without one nothing could "
+            "wake the deployment again."
+        ),
+    )
     source: MetricsSource = Field(
         default=MetricsSource.PODS,
         description=(
@@ -555,6 +565,13 @@ MD_SPEC_RULES = (
         check=lambda s: s.gpu.world_size == 1 or s.model.backend in MULTI_GPU_BACKENDS,
     ),
     Rule(
+        cel="self.minReplicas > 0 || (has(self.autoscaling) && self.autoscaling.enabled)",
+        message="minReplicas 0 needs autoscaling.enabled: the autoscaler is what wakes the "
+        "deployment when the gateway holds requests for it",
+        field_path=".minReplicas",
+        check=lambda s: s.min_replicas > 0 or s.autoscaling.enabled,
+    ),
+    Rule(
         cel="!has(self.autoscaling) || !self.autoscaling.enabled || has(self.maxReplicas)",
         message="maxReplicas is required when autoscaling is enabled",
         field_path=".maxReplicas",
@@ -603,7 +620,14 @@ class ModelDeploymentSpec(ApiModel):
         ),
     )
     min_replicas: int = Field(
-        default=1, ge=1, le=10_000, description="Fewest replicas the autoscaler keeps."
+        default=1,
+        ge=0,
+        le=10_000,
+        description=(
+            "Fewest replicas the autoscaler keeps. 0 lets an idle deployment scale to zero "
+            "(needs autoscaling and the Turnpike gateway in front, which holds requests "
+            "while a replica wakes; see autoscaling.scaleToZeroIdleSeconds)."
+        ),
     )
     max_replicas: int | None = Field(
         default=None,

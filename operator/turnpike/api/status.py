@@ -36,6 +36,17 @@ class ScalingDecision(ApiModel):
     reason: str
 
 
+class ColdStart(ApiModel):
+    """The last wake from zero: when held requests woke the deployment and when its
+    first replica was ready, so users see what a request at zero waits."""
+
+    woken: str = Field(description="When the autoscaler asked for a replica at zero (RFC 3339).")
+    ready: str | None = Field(default=None, description="When the first replica was ready.")
+    seconds: float | None = Field(
+        default=None, ge=0, description="From woken to ready: the cold-start time."
+    )
+
+
 class AutoscalerHistory(ApiModel):
     """The autoscaler's window of samples, so a restart or a new leader neither
     flaps nor forgets (the encoding of turnpike.autoscale.history.History)."""
@@ -44,6 +55,10 @@ class AutoscalerHistory(ApiModel):
     metric: str = Field(max_length=32)
     t0: int | None = Field(default=None, description="Epoch milliseconds of the first sample.")
     since: int | None = Field(default=None, description="Epoch ms since metrics are continuous.")
+    busy: int | None = Field(
+        default=None,
+        description="Epoch ms of the last sample with work (queued, executing or held).",
+    )
     samples: list[list[float]] = Field(
         default_factory=list, max_length=200, description="[ms after t0, value, ready replicas]."
     )
@@ -219,4 +234,7 @@ class ModelDeploymentStatus(ApiModel):
     slo: SLOStatus | None = Field(default=None, description="Measured against spec.slo.")
     usage: ModelDeploymentUsage | None = Field(
         default=None, description="GPU time and requests metered for this deployment."
+    )
+    cold_start: ColdStart | None = Field(
+        default=None, description="The last scale from zero and how long it took."
     )

@@ -66,6 +66,10 @@ class History:
     metric: str = "queueDepth"
     since_ms: int | None = None
     samples: tuple[Sample, ...] = ()
+    # When work was last seen (requests queued, executing, completed or held at a
+    # gateway); outlives the sample window, which is shorter than the idle
+    # window of scale to zero.
+    busy_ms: int | None = None
 
     @classmethod
     def empty(cls, metric: str) -> History:
@@ -93,7 +97,7 @@ class History:
         if sample.in_flight is not None and sample.value > 0 and sample.ready > 0:
             slots = _max_opt(slots, round_value(sample.in_flight / sample.ready))
         sample = replace(sample, slots=slots)
-        return History(self.metric, since, (*self.samples, sample))
+        return History(self.metric, since, (*self.samples, sample), self.busy_ms)
 
     def mark_change(self, change: int) -> History:
         """Note that the decision on the latest sample changed replicas by ``change``.
@@ -105,7 +109,13 @@ class History:
             return self
         last = self.samples[-1]
         marked = replace(last, change=change)
-        return History(self.metric, self.since_ms, (*self.samples[:-1], marked))
+        return History(self.metric, self.since_ms, (*self.samples[:-1], marked), self.busy_ms)
+
+    def busy_at(self, t_ms: int) -> History:
+        """Note work seen at ``t_ms`` (never moves the mark back)."""
+        if self.busy_ms is not None and self.busy_ms >= t_ms:
+            return self
+        return replace(self, busy_ms=t_ms)
 
     def trimmed(self, *, now_ms: int, keep_ms: int, panic_ms: int) -> History:
         """Drop samples older than the longest window, then bound the length.
@@ -133,7 +143,7 @@ class History:
                 merged = _merge(merged, width)
             kept = tuple(merged)
         since = self.since_ms if kept else None
-        return History(self.metric, since, kept)
+        return History(self.metric, since, kept, self.busy_ms)
 
     def to_dict(self) -> dict[str, Any]:
         """Compact JSON-ready form: times as ms offsets from the first sample.
@@ -148,6 +158,8 @@ class History:
         in-flight data and no recent scale-down).
         """
         out: dict[str, Any] = {"v": ENCODING_VERSION, "metric": self.metric}
+        if self.busy_ms is not None:
+            out["busy"] = self.busy_ms
         if not self.samples:
             out["samples"] = []
             return out
@@ -170,8 +182,9 @@ class History:
             raw = data.get("samples", [])
             if not isinstance(raw, list) or len(raw) > MAX_ENTRIES:
                 raise HistoryError("samples must be a list of at most 200 entries")
+            busy = _int(data["busy"]) if data.get("busy") is not None else None
             if not raw:
-                return cls(metric=metric)
+                return cls(metric=metric, busy_ms=busy)
             t0 = _int(data["t0"])
             since = _int(data["since"]) if data.get("since") is not None else None
             samples: list[Sample] = []
@@ -194,7 +207,7 @@ class History:
                 if samples and sample.t_ms <= samples[-1].t_ms:
                     raise HistoryError("sample times must increase")
                 samples.append(sample)
-            return cls(metric=metric, since_ms=since, samples=tuple(samples))
+            return cls(metric=metric, since_ms=since, samples=tuple(samples), busy_ms=busy)
         except HistoryError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -28,6 +28,10 @@ take minutes to load a model and cost real money while idle:
 * Missing, stale or partial metrics never scale down.
 * Load per replica divides by the spec'd replicas, not the ready ones: pods
   that are still starting are capacity already paid for.
+* With ``min_replicas`` 0 (see :func:`_scale_to_zero`): a replica is removed
+  for good only after ``scale_to_zero_idle_s`` without any work, never while
+  one is starting and never without a gateway reporting; at zero, requests
+  held at a gateway wake one replica.
 """
 
 from __future__ import annotations
@@ -94,6 +98,9 @@ class Params:
     # starting, i.e. every replica already paid for).
     scale_up_base: ScaleUpBase = SCALE_UP_BASE
     scale_up_period_s: float = SCALE_UP_PERIOD_S
+    # With min_replicas 0: how long nothing may be queued, executing or held
+    # before the last replica goes.
+    scale_to_zero_idle_s: float = 300.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -117,6 +124,8 @@ class Params:
             problems.append("stale_after_s must be > 0")
         if self.scale_down_period_s < 0:
             problems.append("scale_down_period_s must be >= 0")
+        if self.scale_to_zero_idle_s < 0:
+            problems.append("scale_to_zero_idle_s must be >= 0")
         if self.capacity_utilization is not None and not 0 < self.capacity_utilization <= 1:
             problems.append("capacity_utilization must be in (0, 1]")
         if problems:
@@ -139,6 +148,7 @@ class Params:
             max_scale_up_rate=autoscaling.max_scale_up_rate,
             max_scale_down_step=autoscaling.max_scale_down_step,
             scale_down_period_s=float(autoscaling.scale_down_period_seconds),
+            scale_to_zero_idle_s=float(autoscaling.scale_to_zero_idle_seconds),
         )
 
     @property
@@ -169,6 +179,18 @@ class SLOSignal:
     burn_rate: float | None
     # True when the objective is on the queue wait itself (no service time in it).
     on_queue_wait: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayLoad:
+    """What the gateways in front of a deployment report for it.
+
+    Passed only while at least one gateway answers: "no gateway" and "a gateway
+    holding nothing" must differ, because only a reporting gateway can wake a
+    deployment at zero.
+    """
+
+    held: int  # requests waiting at the gateways for a ready replica
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +253,7 @@ def decide(
     observation: Observation | None,
     budget: int | BudgetCap | None = None,
     slo: SLOSignal | None = None,
+    gateway: GatewayLoad | None = None,
 ) -> Decision:
     """Desired replicas for one tick.
 
@@ -242,6 +265,8 @@ def decide(
     running replicas by itself. ``slo``, with an SLO set, also scales up when the
     SLO's latency is above its threshold and holds scale-downs while its error
     budget burns (see :func:`_serve_slo`).
+    ``gateway`` is what the gateways report (None: none
+    answers); with ``min_replicas`` 0 it decides scale to and from zero.
     """
     if current < 0 or ready < 0 or starting < 0:
         raise ValueError("replica counts must be >= 0")
@@ -286,6 +311,11 @@ def decide(
                 params, slo, current, ready, serving, desired, reason, flags
             )
 
+    if params.min_replicas == 0:
+        history = _note_work(history, now_ms, current, observation, value, gateway)
+        desired, reason = _scale_to_zero(
+            params, current, starting, history, now_ms, gateway, desired, reason, flags
+        )
     desired, reason = _clamp(params, current, desired, reason, flags)
     wanted = desired
     desired, reason = _cap(budget, current, desired, reason, flags)
@@ -304,6 +334,68 @@ def decide(
         limited_by_budget=flags.limited_by_budget,
         clamped=flags.clamped,
     )
+
+
+def _note_work(
+    history: History,
+    now_ms: int,
+    current: int,
+    observation: Observation | None,
+    value: float | None,
+    gateway: GatewayLoad | None,
+) -> History:
+    """Mark the history busy when anything shows work, or when nothing can tell.
+
+    Unknown counts as busy (missing metrics never lead to zero), and so does the
+    first tick (no mark yet): the idle window starts when measuring starts.
+    """
+    if history.busy_ms is None:
+        return history.busy_at(now_ms)
+    if gateway is not None and gateway.held > 0:
+        return history.busy_at(now_ms)
+    if current == 0 and (observation is None or not observation.pods):
+        return history  # at zero nothing runs: idle unless the gateway holds requests
+    if observation is None or value is None or observation.partial:
+        return history.busy_at(now_ms)
+    completed = sum(d.completed for d in observation.deltas.values())
+    if value > 0 or (observation.in_flight or 0) > 0 or completed > 0:
+        return history.busy_at(now_ms)
+    if observation.in_flight is None:
+        return history.busy_at(now_ms)
+    return history
+
+
+def _scale_to_zero(
+    p: Params,
+    current: int,
+    starting: int,
+    history: History,
+    now_ms: int,
+    gateway: GatewayLoad | None,
+    desired: int,
+    reason: str,
+    flags: _Flags,
+) -> tuple[int, str]:
+    """Scale to and from zero (``min_replicas`` 0); otherwise never below one."""
+    if current == 0:
+        flags.metrics_stale = False  # nothing to read at zero is not a fault
+        if gateway is None:
+            return 0, "at zero; no gateway reports held requests, so nothing wakes it"
+        if gateway.held > 0:
+            return 1, f"{gateway.held} requests held at the gateway: wake 1 replica"
+        return 0, "at zero; nothing held at the gateway"
+    idle_ms = now_ms - (history.busy_ms if history.busy_ms is not None else now_ms)
+    if desired > 1:
+        return desired, reason
+    quiet = gateway is not None and gateway.held == 0 and starting == 0
+    if current == 1 and quiet and idle_ms >= _ms(p.scale_to_zero_idle_s):
+        return 0, (
+            f"idle for {idle_ms / 1000:.0f} s (nothing queued, executing or held at "
+            f"the gateway; scaleToZeroIdleSeconds {p.scale_to_zero_idle_s:g}): 1→0"
+        )
+    if desired < 1:
+        return 1, f"{reason}; kept 1 until idle for {p.scale_to_zero_idle_s:g} s"
+    return desired, reason
 
 
 def _recommend(

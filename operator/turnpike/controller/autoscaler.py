@@ -35,6 +35,7 @@ from turnpike.autoscale.sources import (
     new_session,
 )
 from turnpike.controller.cache import Cache
+from turnpike.controller.gateways import GatewayLoads
 from turnpike.controller.metrics import Metrics
 from turnpike.kube import KubeAPI
 from turnpike.kube.resources import POD
@@ -158,6 +159,8 @@ class Autoscaler:
     metrics_port: int = 8002
     # Pods from the watch (see controller/podwatch.py) instead of a LIST per tick.
     cache: Cache | None = None
+    # What the gateways hold per deployment (scale from zero); None: no gateway.
+    gateways: GatewayLoads | None = None
     _session: aiohttp.ClientSession | None = None
     _states: dict[Key, _State] = field(default_factory=dict)
 
@@ -352,6 +355,7 @@ class Autoscaler:
             observation=reading.observation,
             budget=budget,
             slo=slo_signal(md, reading.slo),
+            gateway=self.gateways.load(key) if self.gateways is not None else None,
         )
         state.history = decision.history
         if decision.limited_by_budget:

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 from turnpike.capacity.overcommit import ClusterGpus, NodeGpus, node_gpus
-from turnpike.controller.reflector import Reflector
 from turnpike.kube import Kube
+from turnpike.kube.reflector import Reflector
 from turnpike.kube.resources import NODE
 
 

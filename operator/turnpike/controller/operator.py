@@ -17,6 +17,7 @@ from turnpike.controller.autoscaler import Autoscaler
 from turnpike.controller.cache import Cache
 from turnpike.controller.capacity import CapacityGate
 from turnpike.controller.capacitytier import CapacityTierReconciler
+from turnpike.controller.gateways import GatewayLoads
 from turnpike.controller.handlers import build_registry
 from turnpike.controller.leader import LeaderElector
 from turnpike.controller.logs import configure
@@ -110,8 +111,28 @@ async def run(settings: Settings) -> int:
         reflectors = [
             asyncio.create_task(PodReflector(kube, cache, scope).run(stop)) for scope in scopes
         ]
+        queued: list[WorkQueue] = []  # the deployments' queue, once it exists
+
+        def on_held(key: tuple[str, str]) -> None:
+            for work in queued:
+                work.add(key)
+
+        gateways = GatewayLoads(
+            kube,
+            on_held=on_held,
+            urls=settings.gateway_urls,
+            selector=settings.gateway_selector,
+            namespace=settings.gateway_namespace,
+            port=settings.gateway_port,
+        )
+        if gateways.configured:
+            reflectors.append(asyncio.create_task(gateways.run(stop)))
         autoscaler = Autoscaler(
-            kube, metrics, metrics_port=settings.triton_metrics_port, cache=cache
+            kube,
+            metrics,
+            metrics_port=settings.triton_metrics_port,
+            cache=cache,
+            gateways=gateways if gateways.configured else None,
         )
         # A CapacityTier's status, PriorityClass and finalizer depend on every consumer
         # in the cluster: an operator scoped to some namespaces sees only its own and
@@ -143,6 +164,7 @@ async def run(settings: Settings) -> int:
             ),
             workers=settings.workers,
         )
+        queued.append(queue)
         queue.start()
         if tier_queue is not None:
             tier_queue.start()

@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 from turnpike.controller.cache import Cache
-from turnpike.controller.reflector import Reflector
 from turnpike.kube import Kube
+from turnpike.kube.reflector import Reflector
 from turnpike.kube.resources import POD
 from turnpike.render.labels import LABEL_MANAGED_BY, MANAGER
 

@@ -23,6 +23,11 @@ class Settings:
     log_format: str
     triton_metrics_port: int = 8002
     default_tier: str | None = None
+    # Where the gateways are (scale from zero): their pods by label, or fixed URLs.
+    gateway_selector: str | None = None
+    gateway_namespace: str | None = None
+    gateway_port: int = 8080
+    gateway_urls: tuple[str, ...] = ()
 
 
 def _env(name: str, default: str) -> str:
@@ -87,6 +92,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "marked spec.default)",
     )
     parser.add_argument(
+        "--gateway-selector",
+        default=_env("GATEWAY_SELECTOR", "") or None,
+        metavar="LABELS",
+        help="label selector of the turnpike gateway pods, whose held requests wake "
+        "deployments at zero (the chart sets it)",
+    )
+    parser.add_argument(
+        "--gateway-namespace",
+        default=_env("GATEWAY_NAMESPACE", "") or None,
+        help="namespace of the gateway pods (default: all namespaces)",
+    )
+    parser.add_argument(
+        "--gateway-port",
+        type=int,
+        default=int(_env("GATEWAY_PORT", "8080")),
+        help="port the gateway pods serve on (default 8080)",
+    )
+    parser.add_argument(
+        "--gateway-url",
+        action="append",
+        dest="gateway_urls",
+        default=[u for u in _env("GATEWAY_URLS", "").split(",") if u],
+        metavar="URL",
+        help="a gateway's load document, e.g. http://127.0.0.1:8080/turnpike/load "
+        "(repeatable; for gateways outside the cluster)",
+    )
+    parser.add_argument(
         "--log-level",
         default=_env("LOG_LEVEL", "info"),
         choices=["debug", "info", "warning", "error"],
@@ -101,6 +133,11 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         raise SystemExit("--workers must be at least 1")
     if args.resync_seconds <= 0:
         raise SystemExit("--resync-seconds must be positive")
+    if not 0 < args.gateway_port < 65536:
+        raise SystemExit("--gateway-port must be a port number")
+    for url in args.gateway_urls:
+        if not url.startswith(("http://", "https://")):
+            raise SystemExit(f"--gateway-url {url!r} is not an http(s) URL")
     return Settings(
         kubeconfig=args.kubeconfig,
         namespaces=tuple(args.namespaces),
@@ -115,4 +152,8 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         log_format=args.log_format,
         triton_metrics_port=args.triton_metrics_port,
         default_tier=args.default_tier,
+        gateway_selector=args.gateway_selector,
+        gateway_namespace=args.gateway_namespace,
+        gateway_port=args.gateway_port,
+        gateway_urls=tuple(args.gateway_urls),
     )

@@ -7,16 +7,19 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 from pathlib import Path
 
 from turnpike.gateway.config import ConfigError, GatewayConfig, load_config
 from turnpike.gateway.endpoints import StaticEndpoints, parse_static
 from turnpike.gateway.routing import PICKERS
+from turnpike.gateway.watched import KubeEndpoints
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
+NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +42,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--static-endpoints",
         default=os.environ.get("TURNPIKE_GATEWAY_STATIC_ENDPOINTS"),
         metavar="MODEL=HOST:PORT[@METRICSPORT],...",
-        help="fixed replicas per model; repeat a model for more replicas, MODEL= for none",
+        help=(
+            "fixed replicas per model; repeat a model for more replicas, MODEL= for none. "
+            "Without it the gateway discovers ModelDeployments and their ready pods"
+        ),
+    )
+    parser.add_argument(
+        "--namespace",
+        action="append",
+        default=None,
+        metavar="NS",
+        help="discover only in this namespace (repeat for several; default: all namespaces)",
+    )
+    parser.add_argument(
+        "--kubeconfig",
+        default=None,
+        help="kubeconfig for discovery (default: $KUBECONFIG, else the pod's service account)",
     )
     parser.add_argument(
         "--routing",
@@ -73,41 +91,65 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         raise SystemExit(f"--config: {exc}") from None
-    if args.static_endpoints is None:
-        raise SystemExit(
-            "--static-endpoints is required: discovery of ready pods from Kubernetes "
-            "is not part of the gateway yet"
-        )
-    try:
-        endpoints = StaticEndpoints(parse_static(args.static_endpoints))
-    except ValueError as exc:
-        raise SystemExit(f"--static-endpoints: {exc}") from None
+    for namespace in args.namespace or ():
+        if not NAMESPACE.fullmatch(namespace):
+            raise SystemExit(f"--namespace {namespace!r} is not a namespace name")
+    endpoints: StaticEndpoints | None = None
+    if args.static_endpoints is not None:
+        if args.namespace:
+            raise SystemExit("--namespace chooses where to discover: not with --static-endpoints")
+        try:
+            endpoints = StaticEndpoints(parse_static(args.static_endpoints))
+        except ValueError as exc:
+            raise SystemExit(f"--static-endpoints: {exc}") from None
     if args.scrape_interval < 0:
         raise SystemExit("--scrape-interval must be >= 0")
     interval = args.scrape_interval or None
     configure(args.log_level, args.log_format)  # only once every flag is known good
-    asyncio.run(_serve(config, endpoints, host, port, args.routing, interval))
+    asyncio.run(_serve(args, config, endpoints, host, port, interval))
     return 0
 
 
 async def _serve(
+    args: argparse.Namespace,
     config: GatewayConfig,
-    endpoints: StaticEndpoints,
+    static: StaticEndpoints | None,
     host: str,
     port: int,
-    routing: str,
     scrape_interval_s: float | None,
 ) -> None:
     from turnpike.gateway.server import Gateway, serve
 
-    gateway = Gateway(config, endpoints, routing=routing, scrape_interval_s=scrape_interval_s)
+    endpoints: StaticEndpoints | KubeEndpoints
+    kube = None
+    if static is not None:
+        endpoints = static
+    else:
+        from turnpike.kube import connect
+
+        try:
+            kube = await connect(args.kubeconfig)
+        except Exception as exc:  # kubernetes_asyncio raises several unrelated types
+            raise SystemExit(
+                f"cannot read Kubernetes credentials for discovery ({exc}); run in a pod, "
+                "give --kubeconfig, or route to fixed replicas with --static-endpoints"
+            ) from None
+        endpoints = KubeEndpoints(kube, args.namespace or [None])
+        await endpoints.start()
+    gateway = Gateway(config, endpoints, routing=args.routing, scrape_interval_s=scrape_interval_s)
     runner = await serve(gateway, host, port)
+    scope = (
+        "static endpoints"
+        if static is not None
+        else ("discovery in " + (", ".join(args.namespace) if args.namespace else "all namespaces"))
+    )
     log.info(
-        "gateway on %s:%d, models: %s, routing %s",
+        "gateway on %s:%d (%s), models: %s, routing %s",
         host,
         port,
+        scope,
         ", ".join(endpoints.models()) or "none",
-        routing,
+        args.routing,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -119,3 +161,7 @@ async def _serve(
     finally:
         log.info("gateway stopping")
         await runner.cleanup()
+        if isinstance(endpoints, KubeEndpoints):
+            await endpoints.stop()
+        if kube is not None:
+            await kube.close()

@@ -157,7 +157,12 @@ class GatewayConfig(_Model):
         return self
 
     def limits(self, deployment: str) -> DeploymentLimits:
-        return self.deployments.get(deployment, self.defaults)
+        """Limits of ``deployment`` (``NAMESPACE/NAME`` when discovered, which an entry
+        may spell in full or by NAME alone)."""
+        found = self.deployments.get(deployment)
+        if found is None and "/" in deployment:
+            found = self.deployments.get(deployment.partition("/")[2])
+        return found if found is not None else self.defaults
 
     def slo_thresholds_seconds(self) -> tuple[float, ...]:
         found = {

@@ -3,7 +3,7 @@
 The gateway routes to pods, not to a Service, so it must know each ready pod.
 Anything that can answer "the ready pods of this model, now" and say when
 that changed can serve: the static map here (``--static-endpoints``, tests),
-or later a watch of Pods/EndpointSlices.
+or the watch of ModelDeployments and their pods (:mod:`turnpike.gateway.watched`).
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ class Fleet:
     ready: tuple[Endpoint, ...]
     # What the deployment may grow to; None: ask the gateway's configuration.
     max_replicas: int | None = None
+    # The model's name inside Triton, when discovery knows it.
+    upstream: str | None = None
 
 
 class Endpoints(Protocol):

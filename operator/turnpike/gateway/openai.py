@@ -153,6 +153,9 @@ def generate_payload(
     # Request parameters are scalars in Triton's protocol: lists travel as JSON text.
     if sampling.stop:
         present["stop"] = json.dumps(list(sampling.stop))
+    # A decoupled model streams several responses; Triton's plain generate accepts
+    # exactly one, so the model must be told whether this call streams.
+    present["stream"] = stream
     return {"text_input": prompt, "parameters": present}
 
 

@@ -26,7 +26,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from turnpike.gateway import openai
+from turnpike.gateway import load, openai
 from turnpike.gateway.admission import Admission, Outcome, State, Ticket
 from turnpike.gateway.config import DeploymentLimits, GatewayConfig
 from turnpike.gateway.endpoints import Endpoint, Endpoints, Fleet
@@ -123,6 +123,7 @@ class Gateway:
         for path in ("/v2/health/live", "/v2/health/ready", "/healthz", "/readyz"):
             get(path, self._live)
         get("/metrics", self._metrics)
+        get(load.PATH, self._load)
         for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
             get(base, self._v2)
             get(f"{base}/ready", self._v2_ready)
@@ -223,7 +224,7 @@ class Gateway:
         for dep in self._deployments.values():
             fleet = self.endpoints.fleet(dep.model)
             if fleet is not None:
-                model = dep.limits.triton_model or dep.model
+                model = dep.limits.triton_model or fleet.upstream or dep.model
                 targets += [(model, ep) for ep in fleet.ready if ep.metrics_port is not None]
         # Pods come and go with random names: forget readings of pods no longer ready.
         current = {ep.key for _, ep in targets}
@@ -388,8 +389,9 @@ class Gateway:
 
     def _upstream_model(self, model: str) -> str:
         fleet = self.endpoints.fleet(model)
-        name = fleet.deployment if fleet is not None else model
-        return self.config.limits(name).triton_model or model
+        if fleet is None:
+            return self.config.limits(model).triton_model or model
+        return self.config.limits(fleet.deployment).triton_model or fleet.upstream or model
 
     def _limits_for(self, model: str) -> DeploymentLimits:
         fleet = self.endpoints.fleet(model)
@@ -410,6 +412,10 @@ class Gateway:
             body=generate_latest(self.metrics.registry),
             headers={"Content-Type": CONTENT_TYPE_LATEST},
         )
+
+    async def _load(self, _: web.Request) -> web.Response:
+        """What this gateway holds and queues, for the operator (see gateway/load.py)."""
+        return web.json_response(load.document(self.snapshot()))
 
     async def _v2_ready(self, request: web.Request) -> web.StreamResponse:
         """Ready means a replica answers now: a probe must not wake a deployment at zero."""

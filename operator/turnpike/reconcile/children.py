@@ -73,11 +73,13 @@ def desired_replicas(md: ModelDeployment, current_desired: int | None) -> int:
 
     Manual scaling (autoscaling off) follows spec.replicas. With autoscaling on,
     the last decision (kept in status) holds across restarts, clamped to the
-    current bounds; without one the deployment starts at minReplicas.
+    current bounds; without one the deployment starts at minReplicas, and at one
+    when that is zero: a new deployment is tried once (a model that cannot load
+    shows at once, not at the first request after an idle window).
     """
     spec = md.spec
     if not spec.autoscaling.enabled:
         return spec.replicas
-    start = current_desired if current_desired is not None else spec.min_replicas
+    start = current_desired if current_desired is not None else max(spec.min_replicas, 1)
     upper = spec.max_replicas if spec.max_replicas is not None else start
     return max(spec.min_replicas, min(start, upper))

@@ -18,6 +18,7 @@ from typing import Any
 from turnpike.api.modeldeployment import ModelDeployment
 from turnpike.api.status import (
     AutoscalerHistory,
+    ColdStart,
     ConditionStatus,
     ModelDeploymentStatus,
     ModelDeploymentUsage,
@@ -321,6 +322,12 @@ def plan(observed: Observed) -> Plan:
     update.update(autoscaling_fields(previous, observed.scaling, now))
     status = status.model_copy(update=update)
     status = with_usage(previous, status, observed.usage, observed.usage_flush_ms)
+    woke = cold_start(previous, replicas, status.ready_replicas, now)
+    status = status.model_copy(update={"cold_start": woke})
+    if woke is not None and woke.seconds is not None and previous.cold_start != woke:
+        events.append(
+            Event("Normal", "ColdStart", f"First replica ready {woke.seconds:g} s after waking")
+        )
     events += transition_events(previous, status)
     if decision is not None and decision.changed and replicas != previous.desired_replicas:
         reason = "ScaledUp" if replicas > (previous.desired_replicas or 0) else "ScaledDown"
@@ -332,6 +339,28 @@ def plan(observed: Observed) -> Plan:
         replicas != previous.desired_replicas or previous.tier != observed.tier
     )
     return Plan(replicas, apply, delete, status, events, tier_changed)
+
+
+def cold_start(
+    previous: ModelDeploymentStatus, replicas: int, ready: int, now: datetime
+) -> ColdStart | None:
+    """status.coldStart: stamped when replicas leave zero, completed at the first ready.
+
+    Measured from the operator's decision to the ready replica as the operator
+    sees it, so it is what a request held at the gateway waits, give or take a
+    reconcile and a readiness probe period.
+    """
+    last = previous.cold_start
+    if previous.desired_replicas == 0 and replicas > 0:
+        return ColdStart(woken=rfc3339(now))
+    if last is not None and last.ready is None and ready > 0:
+        try:
+            woken = datetime.fromisoformat(last.woken.replace("Z", "+00:00"))
+        except ValueError:
+            return None  # not ours to repair: the next wake writes a fresh one
+        seconds = max(0.0, (now - woken).total_seconds())
+        return ColdStart(woken=last.woken, ready=rfc3339(now), seconds=round(seconds, 1))
+    return last
 
 
 def autoscaling_fields(

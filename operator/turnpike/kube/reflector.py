@@ -1,5 +1,6 @@
-"""One LIST, then a watch resumed from the last version: the loop both the pod and
-the node caches are kept current by (client-go's reflector, in small).
+"""One LIST, then a watch resumed from the last version: the loop the operator's pod
+and node caches and the gateway's view of ready replicas are kept current by
+(client-go's reflector, in small).
 
 A subclass says what to LIST and WATCH and what to do with the items; the loop
 resumes the watch from the last resourceVersion or bookmark, lists afresh when
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -35,6 +37,7 @@ class Reflector:
         self.kube = kube
         self.namespace = namespace
         self.selector = selector
+        self.synced = asyncio.Event()  # set once the first LIST has been handed over
 
     def listed(self, items: list[dict[str, Any]]) -> None:
         """Everything the LIST returned: replaces what was known."""
@@ -72,6 +75,7 @@ class Reflector:
             self.resource, self.namespace, self.selector
         )
         self.listed(items)
+        self.synced.set()
         return version
 
     async def _watch(self, version: str) -> str | None:
@@ -91,3 +95,34 @@ class Reflector:
             if event != "BOOKMARK":
                 self.seen(event, obj)
         return version
+
+
+Listed = Callable[[list[dict[str, Any]]], None]
+Seen = Callable[[str, dict[str, Any]], None]
+
+
+class Feed(Reflector):
+    """A reflector that hands what it lists and sees to two callbacks."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        resource: Resource,
+        on_list: Listed,
+        on_event: Seen,
+        *,
+        namespace: str | None = None,
+        selector: str | None = None,
+        what: str | None = None,
+    ) -> None:
+        super().__init__(kube, namespace, selector)
+        self.resource = resource
+        self.what = what or resource.plural
+        self._on_list = on_list
+        self._on_event = on_event
+
+    def listed(self, items: list[dict[str, Any]]) -> None:
+        self._on_list(items)
+
+    def seen(self, event: str, obj: dict[str, Any]) -> None:
+        self._on_event(event, obj)
