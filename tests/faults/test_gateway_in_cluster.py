@@ -274,7 +274,16 @@ def test_reserved_keeps_its_share_and_slo_while_spot_is_shed(
     namespace = kube.namespace
     assert namespace is not None
     # One replica, fixed: saturated at its maximum. 50 ms a request, one at a time.
-    kube.apply(real_md("sleepy-shared", "pvc://models", replicas=1))
+    # Its SLO is measured by the gateways (method gateway), every request exactly.
+    kube.apply(
+        real_md(
+            "sleepy-shared",
+            "pvc://models",
+            replicas=1,
+            slo={"thresholdMilliseconds": SLO_MS, "objectivePercent": 50, "windowMinutes": 60},
+            autoscaling={"scrapeIntervalSeconds": 1},
+        )
+    )
     kube.run("wait", "--for=condition=Ready", "--timeout=180s", "md/sleepy-shared", timeout=190)
     # Through one gateway pod: shares are enforced per gateway replica.
     url = v2_url(release.gateway_address(), namespace, "sleepy-shared")
@@ -308,6 +317,27 @@ def test_reserved_keeps_its_share_and_slo_while_spot_is_shed(
     assert spot_shed > 0 and reserved_shed == 0
     assert p99 <= SLO_MS
     assert abs(share - 0.75) <= 0.05
+
+    # The SLO meter: every request the gateway relayed (the first one included), and
+    # within the threshold as the gateway timed them, which the client's clock (a
+    # little later, by the network) agrees with.
+    served = [*reserved_ok, *spot_ok]
+    relayed = len(served) + 1
+    client = 100.0 * (sum(1 for s in served if s * 1000 <= SLO_MS) + 1) / relayed
+    measured: dict[str, Any] = {}
+
+    def counted() -> dict[str, Any] | None:
+        measured.update(md_status(kube, "sleepy-shared").get("slo") or {})
+        return measured if measured.get("requests", 0) >= relayed else None
+
+    slo = eventually(f"status.slo to count {relayed} requests", counted, timeout=60)
+    figure(
+        f"SLO measured by the gateway: {slo['requests']} requests, attainment "
+        f"{slo['attainmentPercent']:.2f}% vs the client's {client:.2f}%"
+    )
+    assert slo["method"] == "gateway"
+    assert slo["requests"] == relayed
+    assert abs(slo["attainmentPercent"] - client) <= 2.0
 
 
 # ---------------------------------------------------------------- OpenAI

@@ -184,12 +184,22 @@ def test_recording_learns_and_carries_slots() -> None:
     h = History.empty("queueDepth")
     h = h.record(Sample(1000, 0.0, 4, in_flight=20.0), max_gap_ms=6000)
     assert h.slots is None  # nothing waited: the slots may not be full
-    h = h.record(Sample(3000, 5.0, 4, in_flight=32.0), max_gap_ms=6000)
-    assert h.slots == 8.0
-    h = h.record(Sample(5000, 1.0, 4, in_flight=24.0), max_gap_ms=6000)
+    h = h.record(Sample(3000, 5.0, 4, in_flight=4.0), max_gap_ms=6000)
+    # A queue at the end of an interval that began idle: the rate says nothing.
+    assert h.slots is None
+    h = h.record(Sample(5000, 5.0, 4, in_flight=32.0), max_gap_ms=6000)
+    assert h.slots == 8.0  # waiting at both ends: the slots were full throughout
+    h = h.record(Sample(7000, 1.0, 4, in_flight=24.0), max_gap_ms=6000)
     assert h.slots == 8.0  # the most seen, carried forward
-    h = h.trimmed(now_ms=5000, keep_ms=1000, panic_ms=1000)
-    assert [s.t_ms for s in h.samples] == [5000] and h.slots == 8.0
+    h = h.trimmed(now_ms=7000, keep_ms=1000, panic_ms=1000)
+    assert [s.t_ms for s in h.samples] == [7000] and h.slots == 8.0
+
+
+def test_slots_are_not_learned_across_a_gap() -> None:
+    h = History.empty("queueDepth")
+    h = h.record(Sample(1000, 5.0, 4, in_flight=32.0), max_gap_ms=6000)
+    h = h.record(Sample(60_000, 5.0, 4, in_flight=4.0), max_gap_ms=6000)
+    assert h.slots is None  # nobody knows what happened in between
 
 
 def test_mark_change_replaces_the_latest_mark() -> None:

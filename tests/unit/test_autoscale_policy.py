@@ -647,7 +647,9 @@ def test_slots_are_learned_while_requests_wait() -> None:
     sim = Sim(params=replace(PARAMS, min_replicas=10), replicas=10)
     run_busy(sim, [(0.0, 30.0)] * 3)
     assert sim.history.slots is None  # never saturated: capacity unknown
-    run_busy(sim, [(2.0, 80.0)])  # requests wait beside 80 busy: 8 per replica
+    run_busy(sim, [(2.0, 10.0)])  # a queue at the end of a mostly idle interval
+    assert sim.history.slots is None
+    run_busy(sim, [(2.0, 80.0)])  # requests waited throughout beside 80 busy: 8 per replica
     assert sim.history.slots == 8.0
     run_busy(sim, [(0.0, 20.0)] * 100)  # carried forward past the window
     assert sim.history.slots == 8.0
@@ -659,7 +661,7 @@ def test_a_fleet_with_busy_slots_and_no_queue_is_not_idle() -> None:
     # 44 / (0.8 × 8) needs 7 replicas, so 10 go down to 7 and no further,
     # where the queue-only rule would go to minReplicas.
     sim = Sim(params=replace(PARAMS, min_replicas=10), replicas=10)
-    run_busy(sim, [(2.0, 80.0)])
+    run_busy(sim, [(2.0, 80.0)] * 2)  # saturated through an interval
     sim.params = PARAMS
     decisions = run_busy(sim, [(0.0, 44.0)] * 400)
     assert sim.replicas == 7
@@ -674,7 +676,7 @@ def test_a_fleet_with_busy_slots_and_no_queue_is_not_idle() -> None:
 
 def test_the_guard_follows_the_in_flight_peak_of_the_window() -> None:
     sim = Sim(params=replace(PARAMS, min_replicas=10), replicas=10)
-    run_busy(sim, [(2.0, 80.0)])
+    run_busy(sim, [(2.0, 80.0)] * 2)
     sim.params = PARAMS
     run_busy(sim, [(0.0, 20.0)] * 60 + [(0.0, 60.0)] + [(0.0, 20.0)] * 50)
     # 60 in flight 100 s ago needs ceil(60 / 6.4) = 10: still held at 10.

@@ -14,6 +14,7 @@ from hack.ports import free_port
 from turnpike.autoscale.policy import GatewayLoad
 from turnpike.controller.gateways import STALE_SECONDS, GatewayLoads, ready_urls
 from turnpike.gateway.load import PATH
+from turnpike.slo.window import Counts
 
 
 class Gateways:
@@ -146,3 +147,44 @@ def test_no_gateway_configured_reports_nothing() -> None:
     loads = GatewayLoads(None, on_held=lambda _: None)  # type: ignore[arg-type]
     assert not loads.configured
     assert loads.load(("ml", "x")) is None
+
+
+def slo_doc(instance: str, requests: int, good: int, threshold: float = 500.0) -> dict[str, Any]:
+    return {
+        "v": 1,
+        "instance": instance,
+        "deployments": {
+            "ml/llama": {
+                "held": 0,
+                "slo": {"thresholdMs": threshold, "requests": requests, "good": good},
+            }
+        },
+    }
+
+
+def test_slo_counts_are_added_once_across_missed_polls_and_restarts() -> None:
+    async def scenario() -> None:
+        async with Gateways(1) as gateways, aiohttp.ClientSession(trust_env=False) as session:
+            loads = GatewayLoads(None, on_held=lambda _: None, urls=gateways.urls())  # type: ignore[arg-type]
+            key = ("ml", "llama")
+            assert loads.take_slo(key, 500.0) is None  # nobody measures it: Triton's estimate
+            gateways.docs[0] = slo_doc("a", 100, 90)
+            await loads.poll(session)  # the first poll is the baseline
+            assert loads.take_slo(key, 500.0) == Counts()
+            gateways.docs[0] = slo_doc("a", 110, 95)
+            await loads.poll(session)
+            gateways.broken[0] = True
+            await loads.poll(session)  # a missed poll loses nothing: the counts are cumulative
+            gateways.broken[0] = False
+            gateways.docs[0] = slo_doc("a", 130, 105)
+            await loads.poll(session)
+            assert loads.take_slo(key, 500.0) == Counts(30, 15, 15)
+            assert loads.take_slo(key, 500.0) == Counts()  # handed over once
+            gateways.docs[0] = slo_doc("b", 7, 7)  # the gateway restarted: all of it is new
+            await loads.poll(session)
+            assert loads.take_slo(key, 500.0) == Counts(7, 7, 7)
+            gateways.docs[0] = slo_doc("b", 9, 8, threshold=250.0)  # another objective
+            await loads.poll(session)
+            assert loads.take_slo(key, 500.0) == Counts()  # not comparable: not added
+
+    asyncio.run(scenario())

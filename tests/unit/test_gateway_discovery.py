@@ -202,3 +202,14 @@ def test_any_event_order_reports_every_name_whose_fleet_changed(
     )
     shared = found.fleet("shared")
     assert shared is not None and [e.name for e in shared.ready] == expected
+
+
+def test_the_slo_threshold_travels_only_for_request_latency() -> None:
+    on_requests = md("a")
+    on_requests["spec"]["slo"] = {"thresholdMilliseconds": 250}
+    on_queue = md("b")
+    on_queue["spec"]["slo"] = {"latency": "queueWait", "thresholdMilliseconds": 50}
+    nonsense = md("c")
+    nonsense["spec"]["slo"] = {"thresholdMilliseconds": "fast"}
+    found = [served_from(x) for x in (on_requests, on_queue, nonsense, md("d"))]
+    assert [s.slo_threshold_ms if s else "-" for s in found] == [250.0, None, None, None]

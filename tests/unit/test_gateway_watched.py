@@ -54,9 +54,9 @@ class ScriptedApi:
 
 def test_a_request_held_at_zero_is_served_when_the_first_pod_turns_ready() -> None:
     async def main() -> None:
-        api = ScriptedApi(
-            {"modeldeployments": [md("chat", model="llama")], "pods": [pod("old", "other")]}
-        )
+        chat = md("chat", model="llama")
+        chat["spec"]["slo"] = {"thresholdMilliseconds": 5000}
+        api = ScriptedApi({"modeldeployments": [chat], "pods": [pod("old", "other")]})
         endpoints = KubeEndpoints(cast(Kube, api))
         await endpoints.start(timeout_s=5)
         assert api.selectors == {"modeldeployments": None, "pods": POD_SELECTOR}
@@ -79,6 +79,9 @@ def test_a_request_held_at_zero_is_served_when_the_first_pod_turns_ready() -> No
                 # The plain model name reaches the same deployment.
                 again = await client.post("/v2/models/llama/infer", json=body)
                 assert again.status == 200
+                # Both were counted for the SLO meter, within spec.slo's threshold.
+                count = gw.slo.counts["ml/chat"]
+                assert (count.threshold_ms, count.requests, count.good) == (5000.0, 2, 2)
                 # A deleted deployment is a 404 at once.
                 api.send(MODEL_DEPLOYMENT, "DELETED", md("chat", model="llama"))
                 await eventually(lambda: endpoints.fleet("llama") is None, "the route gone")

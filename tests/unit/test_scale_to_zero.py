@@ -22,7 +22,7 @@ from turnpike.api.status import ColdStart, ModelDeploymentStatus
 from turnpike.autoscale.history import History
 from turnpike.autoscale.policy import Decision, GatewayLoad, Params, decide
 from turnpike.autoscale.signal import CounterDelta, Observation
-from turnpike.gateway.load import document, held_of
+from turnpike.gateway.load import SLOBook, SLOReading, document, held_of, read
 from turnpike.gateway.metrics import Snapshot
 from turnpike.reconcile.children import desired_replicas
 from turnpike.reconcile.plan import cold_start
@@ -236,7 +236,25 @@ def test_any_document_is_read_or_refused_never_crashes(data: object) -> None:
     for candidate in (data, {"v": 1, "deployments": data}):
         try:
             held = held_of(candidate)
+            slo = read(candidate).slo
         except ValueError:
             continue
         assert all(0 < n <= 1_000_000 and isinstance(n, int) for n in held.values())
         assert all(ns and name and "/" not in name for ns, name in held)
+        assert all(0 <= r.good <= r.requests and r.threshold_ms > 0 for r in slo.values())
+
+
+def test_the_gateways_slo_counts_travel_in_the_load_document() -> None:
+    book = SLOBook()
+    for good in (True, True, False):
+        book.record("ml/llama", 500.0, good=good)
+    book.record("ml/other", 100.0, good=True)
+    book.record("ml/other", 200.0, good=True)  # a new threshold starts new counters
+    reading = read(document(Snapshot(), book))
+    assert reading.instance == book.instance
+    assert reading.slo == {
+        ("ml", "llama"): SLOReading(500.0, 3, 2),
+        ("ml", "other"): SLOReading(200.0, 1, 1),
+    }
+    bad = {"v": 1, "deployments": {"ml/x": {"slo": {"thresholdMs": 5, "requests": 1, "good": 2}}}}
+    assert read(bad).slo == {}  # more good than requests is nonsense, skipped

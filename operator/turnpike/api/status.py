@@ -90,7 +90,9 @@ class SLOStatus(ApiModel):
         description=(
             "How good requests are counted. tritonMean: each pod's mean latency per scrape "
             "interval decides for all requests of that interval (exact when they lie on one "
-            "side of the threshold)."
+            "side of the threshold). gateway: the Turnpike gateways in front counted each "
+            "request they relayed, from arrival to last byte (exact; requests sent to the "
+            "Service directly are not seen)."
         ),
     )
     attainment: str | None = Field(

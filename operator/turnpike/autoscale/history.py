@@ -86,15 +86,25 @@ class History:
         Ignoring repeats keeps a decision idempotent when the controller runs
         twice on the same scrape (a reconcile triggered by something else).
         The sample inherits the capacity carried by the previous one, raised
-        to its own in-flight per replica if requests were waiting (value > 0).
+        to its own in-flight per replica if requests waited through the whole
+        interval: at both its ends (value > 0 now and at the previous sample,
+        with no gap between them). The in-flight count is a rate over the
+        interval (compute time / interval), so a queue seen only at its end
+        says nothing of the interval: a replica idle for 90 % of it and
+        saturated at the scrape would teach 0.1 slots, and the capacity guard
+        would then ask for ten times the replicas the work needs (seen on real
+        Triton pods in the reaction benchmark).
         """
         if self.samples and sample.t_ms <= self.samples[-1].t_ms:
             return self
+        previous = self.samples[-1] if self.samples else None
+        contiguous = previous is not None and sample.t_ms - previous.t_ms <= max_gap_ms
         since = self.since_ms
-        if not self.samples or since is None or sample.t_ms - self.samples[-1].t_ms > max_gap_ms:
+        if not contiguous or since is None:
             since = sample.t_ms
         slots = _max_opt(self.slots, sample.slots)
-        if sample.in_flight is not None and sample.value > 0 and sample.ready > 0:
+        saturated = contiguous and previous is not None and previous.value > 0 and sample.value > 0
+        if saturated and sample.in_flight is not None and sample.ready > 0:
             slots = _max_opt(slots, round_value(sample.in_flight / sample.ready))
         sample = replace(sample, slots=slots)
         return History(self.metric, since, (*self.samples, sample), self.busy_ms)

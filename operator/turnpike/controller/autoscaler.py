@@ -21,8 +21,8 @@ from typing import Any
 
 import aiohttp
 
+from turnpike.api.modeldeployment import SLO, ModelDeployment, SLOLatency
 from turnpike.api.modeldeployment import MetricsSource as SourceKind
-from turnpike.api.modeldeployment import ModelDeployment
 from turnpike.api.status import AutoscalerHistory, ModelDeploymentStatus
 from turnpike.autoscale.history import History
 from turnpike.autoscale.policy import BudgetCap, Decision, Params, SLOSignal, decide
@@ -35,15 +35,17 @@ from turnpike.autoscale.sources import (
     new_session,
 )
 from turnpike.controller.cache import Cache
+from turnpike.controller.gateways import SLO_METHOD as GATEWAY_METHOD
 from turnpike.controller.gateways import GatewayLoads
 from turnpike.controller.metrics import Metrics
 from turnpike.kube import KubeAPI
 from turnpike.kube.resources import POD
 from turnpike.render import selector
 from turnpike.slo import Report, Window, interval_of, window_key
+from turnpike.slo.estimate import METHOD as TRITON_METHOD
 from turnpike.slo.estimate import QUEUE_WAIT
 from turnpike.slo.report import BUDGET_LIMITED_FOR_S, burn_rate, slo_status
-from turnpike.slo.window import FAST_BURN_MINUTES
+from turnpike.slo.window import FAST_BURN_MINUTES, Counts
 
 Key = tuple[str, str]
 STATUS_FLUSH_SECONDS = 15.0
@@ -284,6 +286,9 @@ class Autoscaler:
             window = Window.empty(key, slo.window_minutes)
         unavailable: str | None = None
         interval = None
+        counted = self._gateway_counts(md, slo)
+        if counted is not None:
+            window = window.add(now, counted)
         if observation is None:  # no ready pod: nothing serves, which status must say
             unavailable = "no pod is ready to serve"
             window = window.trimmed(now)
@@ -298,15 +303,28 @@ class Autoscaler:
             interval = interval_of(
                 observation.deltas, slo.latency.value, slo.threshold_milliseconds
             )
-            window = window.add(now, interval.counts)
+            if counted is None:
+                window = window.add(now, interval.counts)
+            else:
+                unavailable = None  # the gateways counted the requests themselves
         flush = now - state.slo_flushed_at >= slo_flush_seconds(len(self._states))
         if flush:
             state.slo_flushed_at = now
         state.slo = window
         capped = state.capped_at is not None and now - state.capped_at < BUDGET_LIMITED_FOR_S
-        state.slo_report = Report(window, now, interval, unavailable, flush, capped)
+        method = GATEWAY_METHOD if counted is not None else TRITON_METHOD
+        state.slo_report = Report(window, now, interval, unavailable, flush, capped, method)
         self._export_slo(md, state.slo_report)
         return state.slo_report
+
+    def _gateway_counts(self, md: ModelDeployment, slo: SLO) -> Counts | None:
+        """What the gateways counted for this deployment since the last round; None
+        when none measures it (its objective is not on request latency, or no
+        request reached it through a gateway yet)."""
+        if self.gateways is None or slo.latency is not SLOLatency.REQUEST_LATENCY:
+            return None
+        key = (md.metadata.namespace or "", md.metadata.name)
+        return self.gateways.take_slo(key, slo.threshold_milliseconds)
 
     def _export_slo(self, md: ModelDeployment, report: Report) -> None:
         slo = md.spec.slo

@@ -50,6 +50,9 @@ class Served:
     label: str  # value of the model-deployment label on its pods
     created: str  # RFC 3339; sorts in time order
     max_replicas: int | None
+    # spec.slo's threshold when its latency is the whole request, which the
+    # gateway can time exactly (queue wait is Triton's own, invisible here).
+    slo_threshold_ms: float | None = None
 
     @property
     def key(self) -> str:
@@ -77,7 +80,18 @@ def served_from(obj: Mapping[str, Any]) -> Served | None:
         label=label_value(name),
         created=str(meta.get("creationTimestamp") or ""),
         max_replicas=_max_replicas(spec),
+        slo_threshold_ms=_slo_threshold(spec),
     )
+
+
+def _slo_threshold(spec: Mapping[str, Any]) -> float | None:
+    slo = _mapping(spec.get("slo"))
+    threshold = slo.get("thresholdMilliseconds")
+    if slo.get("latency", "requestLatency") != "requestLatency":
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or threshold <= 0:
+        return None
+    return float(threshold)
 
 
 def _max_replicas(spec: Mapping[str, Any]) -> int | None:
@@ -215,7 +229,13 @@ class Discovery:
             ),
             key=lambda ep: ep.name,
         )
-        return Fleet(served.key, tuple(ready), served.max_replicas, upstream=served.model)
+        return Fleet(
+            served.key,
+            tuple(ready),
+            served.max_replicas,
+            upstream=served.model,
+            slo_threshold_ms=served.slo_threshold_ms,
+        )
 
     def models(self) -> tuple[str, ...]:
         return tuple(sorted(self._table()))

@@ -55,6 +55,9 @@ class Fleet:
     max_replicas: int | None = None
     # The model's name inside Triton, when discovery knows it.
     upstream: str | None = None
+    # spec.slo's request-latency threshold (ms): the gateway counts requests
+    # within it for the operator's SLO meter (see gateway/load.py).
+    slo_threshold_ms: float | None = None
 
 
 class Endpoints(Protocol):

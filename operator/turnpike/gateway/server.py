@@ -112,6 +112,8 @@ class Gateway:
         self._queues: dict[str, QueueReading] = {}
         self._scrape_interval_s = scrape_interval_s
         self._session: aiohttp.ClientSession | None = None
+        # Requests within each deployment's SLO threshold, cumulative (load.py).
+        self.slo = load.SLOBook()
         endpoints.subscribe(self._fleet_changed)
 
     # -- lifecycle ---------------------------------------------------------
@@ -339,6 +341,7 @@ class Gateway:
             self.metrics.upstream_errors.labels(dep.name, kind).inc()
 
         tried: set[str] = set()
+        good: bool | None = None  # the request's outcome for the SLO meter, once known
         try:
             for attempt in range(1, CONNECT_ATTEMPTS + 1):
                 fleet_now = self.endpoints.fleet(model)
@@ -373,13 +376,23 @@ class Gateway:
                     else:
                         del dep.in_flight[endpoint.key]
                 code = f"{response.status // 100}xx"
+                elapsed = self._clock() - started
                 self.metrics.responses.labels(*labels, code).inc()
-                self.metrics.total.labels(*labels).observe(self._clock() - started)
+                self.metrics.total.labels(*labels).observe(elapsed)
+                threshold = fleet.slo_threshold_ms
+                good = 200 <= response.status < 300 and (
+                    threshold is None or elapsed * 1000.0 <= threshold
+                )
                 return response
             raise AssertionError("unreachable")  # the loop returns or raises
+        except Exception:
+            good = False  # admitted and failed: a bad request (a client that left is neither)
+            raise
         finally:
             if ticket is not None:
                 self._finish(dep, ticket)
+            if good is not None and fleet.slo_threshold_ms is not None:
+                self.slo.record(dep.name, fleet.slo_threshold_ms, good=good)
 
     def _identify(self, request: web.Request) -> Identity:
         found = self.tenants.identify(request.headers)
@@ -415,7 +428,7 @@ class Gateway:
 
     async def _load(self, _: web.Request) -> web.Response:
         """What this gateway holds and queues, for the operator (see gateway/load.py)."""
-        return web.json_response(load.document(self.snapshot()))
+        return web.json_response(load.document(self.snapshot(), self.slo))
 
     async def _v2_ready(self, request: web.Request) -> web.StreamResponse:
         """Ready means a replica answers now: a probe must not wake a deployment at zero."""

@@ -35,6 +35,9 @@ class Report:
     # The tier's budget capped the autoscaler within BUDGET_LIMITED_FOR_S: a
     # fleet at its budget is held back even on the ticks that ask for nothing.
     capped_recently: bool = False
+    # How the good requests were counted: tritonMean (estimated from Triton's
+    # means) or gateway (counted by the gateways in front, exactly).
+    method: str = METHOD
 
 
 def window_key(slo: SLO) -> str:
@@ -64,7 +67,7 @@ def slo_status(slo: SLO, report: Report) -> SLOStatus:
     slow = burn_rate(report.window.recent(now, FINE_MINUTES), slo.objective_percent)
     latency = report.interval.latency_ms if report.interval is not None else None
     return SLOStatus(
-        method=METHOD,
+        method=report.method,
         attainment=f"{attainment:.2f}%" if attainment is not None else None,
         attainment_percent=_round(attainment),
         attainment_lower_bound_percent=_round(lower),
