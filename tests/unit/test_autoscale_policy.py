@@ -660,7 +660,7 @@ def test_a_fleet_with_busy_slots_and_no_queue_is_not_idle() -> None:
     # 8 slots per replica (seen saturated once), 44 in flight and no queue:
     # 44 / (0.8 × 8) needs 7 replicas, so 10 go down to 7 and no further,
     # where the queue-only rule would go to minReplicas.
-    sim = Sim(params=replace(PARAMS, min_replicas=10), replicas=10)
+    sim = Sim(params=replace(PARAMS, min_replicas=10, max_replicas=10), replicas=10)
     run_busy(sim, [(2.0, 80.0)] * 2)  # saturated through an interval
     sim.params = PARAMS
     decisions = run_busy(sim, [(0.0, 44.0)] * 400)
@@ -675,7 +675,7 @@ def test_a_fleet_with_busy_slots_and_no_queue_is_not_idle() -> None:
 
 
 def test_the_guard_follows_the_in_flight_peak_of_the_window() -> None:
-    sim = Sim(params=replace(PARAMS, min_replicas=10), replicas=10)
+    sim = Sim(params=replace(PARAMS, min_replicas=10, max_replicas=10), replicas=10)
     run_busy(sim, [(2.0, 80.0)] * 2)
     sim.params = PARAMS
     run_busy(sim, [(0.0, 20.0)] * 60 + [(0.0, 60.0)] + [(0.0, 20.0)] * 50)
@@ -776,3 +776,21 @@ def test_a_sample_from_the_future_holds() -> None:
         )
         assert (d.replicas, d.metrics_stale) == (4, True)
         assert "ahead of the clock" in d.reason
+
+
+def test_work_above_the_learned_slots_scales_up_before_anything_waits() -> None:
+    # 8 slots per replica learned; then 4 replicas run 30 in flight with no queue:
+    # 30 / (0.8 × 8) needs 5, so the fleet grows although the queue reads 0.
+    sim = Sim(params=replace(PARAMS, min_replicas=4, max_replicas=4), replicas=4)
+    run_busy(sim, [(2.0, 32.0)] * 2)
+    assert sim.history.slots == 8.0
+    sim.params = PARAMS
+    up = run_busy(sim, [(0.0, 30.0)] * 3)
+    assert [d.replicas for d in up][-1] == 5
+    first = next(d for d in up if d.direction == "up")
+    assert "30 in flight" in first.reason and "before requests wait" in first.reason
+    # Switched off, the queue alone decides: nothing waits, nothing grows.
+    sim = Sim(params=replace(PARAMS, min_replicas=4, max_replicas=4), replicas=4)
+    run_busy(sim, [(2.0, 32.0)] * 2)
+    sim.params = replace(PARAMS, work_utilization=None)
+    assert all(d.direction != "up" for d in run_busy(sim, [(0.0, 30.0)] * 3))

@@ -20,6 +20,9 @@ take minutes to load a model and cost real money while idle:
   ``scale_down_period_s`` (60 s), counting the removals the history records,
   not per decision: the queue only shows an undersized fleet once it is
   saturated, so stepping every scrape overshoots.
+* Scale up on in-flight work too, once a replica's slots are known: above
+  ``capacity_utilization`` of them, before anything waits (the queue alone
+  fires only when every slot is already full).
 * Never scale below what the requests in flight need: the peak in-flight
   count of the stabilization window over ``capacity_utilization`` (80 %) of
   each replica's capacity, learned as in-flight per ready replica while
@@ -98,6 +101,9 @@ class Params:
     # starting, i.e. every replica already paid for).
     scale_up_base: ScaleUpBase = SCALE_UP_BASE
     scale_up_period_s: float = SCALE_UP_PERIOD_S
+    # Scale up on in-flight work above work_utilization of the learned slots,
+    # before a queue forms (see _scale_up_on_work); None: never.
+    work_utilization: float | None = 0.8
     # With min_replicas 0: how long nothing may be queued, executing or held
     # before the last replica goes.
     scale_to_zero_idle_s: float = 300.0
@@ -126,6 +132,8 @@ class Params:
             problems.append("scale_down_period_s must be >= 0")
         if self.scale_to_zero_idle_s < 0:
             problems.append("scale_to_zero_idle_s must be >= 0")
+        if self.work_utilization is not None and not 0 < self.work_utilization <= 1:
+            problems.append("work_utilization must be in (0, 1]")
         if self.capacity_utilization is not None and not 0 < self.capacity_utilization <= 1:
             problems.append("capacity_utilization must be in (0, 1]")
         if problems:
@@ -453,6 +461,11 @@ def _recommend(
             reason += f"; wanted {wanted}, maxScaleUpRate {rate}× {ready} ready"
         return desired, reason + ")"
 
+    if not partial:
+        ahead = _scale_up_on_work(p, history, now_ms, current, ready, flags)
+        if ahead is not None:
+            return ahead[0], prefix + ahead[1]
+
     now_text = f"{prefix}{_describe(p, load, current)}"
     if load > upper:
         return current, (
@@ -522,6 +535,45 @@ def _recommend(
         f"scale down {current}→{desired} (stabilization window"
     )
     return desired, reason + limit + ")"
+
+
+def _scale_up_on_work(
+    p: Params, history: History, now_ms: int, current: int, ready: int, flags: _Flags
+) -> tuple[int, str] | None:
+    """Scale up before anything waits, on in-flight work against learned slots.
+
+    With hard slot limits the queue appears only once every slot is full, and
+    a replica started then serves a model load later: the fair baselines (KPA,
+    HPA on in-flight at 70-80 %) win every ramp that way. So, once a replica's
+    slots are known, in-flight work above ``work_utilization`` of them
+    (at least the share the scale-down guard keeps) scales up too: the panic
+    window's mean, and only while the latest sample agrees, as for the queue.
+    """
+    slots = history.slots
+    if p.work_utilization is None or not slots or slots <= 0:
+        return None
+    panic_from = now_ms - _ms(p.panic_window_s)
+    busy = [
+        s.in_flight for s in history.samples if s.t_ms >= panic_from and s.in_flight is not None
+    ]
+    if not busy:
+        return None
+    work = min(sum(busy) / len(busy), busy[-1])
+    needed = _ceil(work / (p.work_utilization * slots))
+    if needed <= current:
+        return None
+    bound = max(_ceil(ready * p.max_scale_up_rate), ready + 1)
+    desired = max(current, min(needed, bound, p.max_replicas))
+    if desired <= current:
+        flags.limited_by_rate = True
+        return None
+    if needed > desired:
+        flags.limited_by_rate = True
+    return desired, (
+        f"{_fmt(work)} in flight over the {_fmt(p.panic_window_s)}s panic window need {needed} "
+        f"replicas at {_fmt(p.work_utilization * 100)}% of {_fmt(slots)} slots each: "
+        f"scale up {current}→{desired} before requests wait"
+    )
 
 
 # The SLO scales on the queue wait only while queueing may take at least this
