@@ -78,6 +78,10 @@ bench-autoscale: setup system-deps ## autoscaler: reaction on real Triton pods (
 	$(PY) bench/autoscale_reaction.py
 	$(PY) -m bench.autoscale_sim.run --out docs/autoscale-sim.png --markdown docs/autoscale-sim.md
 
+.PHONY: bench-gateway
+bench-gateway: setup system-deps ## the gateway next to nginx on real Tritons: added latency, requests per proxy CPU-second, routing under Poisson load (~7 min; BENCH_ARGS=--quick)
+	$(PY) bench/gateway.py $(BENCH_ARGS)
+
 .PHONY: slo-dashboard
 slo-dashboard: setup system-deps ## render the dashboard's SLO and GPU-meter panels from a real run on real Triton pods (~5 min) into docs/slo-dashboard.png
 	hack/build-cluster.sh >/dev/null

@@ -5,6 +5,8 @@
 # - prometheus: the real Prometheus of the Prometheus metrics source, run as a
 #   plain process on 127.0.0.1 (its package would start a system service
 #   listening on every interface, so service starts are refused while it installs);
+# - nginx-light: the peer `make bench-gateway` measures the gateway against, run
+#   as a plain process with its own configuration on 127.0.0.1;
 # - runc, nftables, iproute2: the real node (the OCI runtime containerd calls,
 #   the guard table and kube-proxy's nftables mode, the bridge);
 # - buildah, debootstrap, gcc, jq: the node's images, built here (hack/images);
@@ -13,6 +15,7 @@ set -euo pipefail
 need=()
 have() { command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" || -x "/usr/bin/$1" || -x "/sbin/$1" ]]; }
 have prometheus || need+=(prometheus)
+have nginx || need+=(nginx-light)
 for tool in openssl runc nft buildah debootstrap gcc jq; do
   pkg=$tool
   [[ $tool == nft ]] && pkg=nftables
@@ -34,6 +37,9 @@ fi
 trap '[[ $added_policy -eq 1 ]] && rm -f /usr/sbin/policy-rc.d' EXIT
 apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-# Never leave a system Prometheus listening on 0.0.0.0:9090.
-if command -v systemctl >/dev/null 2>&1; then systemctl disable --now prometheus 2>/dev/null || true; fi
+# Never leave a system Prometheus (0.0.0.0:9090) or nginx (0.0.0.0:80) listening,
+# now or after a reboot: the tests and benchmarks run their own on loopback.
+if command -v systemctl >/dev/null 2>&1; then
+    for unit in prometheus nginx; do systemctl disable --now "$unit" 2>/dev/null || true; done
+fi
 pkill -x prometheus 2>/dev/null || true

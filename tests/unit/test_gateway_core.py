@@ -41,7 +41,7 @@ def test_a_fresh_triton_queue_counts_when_it_exceeds_our_own_count() -> None:
         queues={"pod-1": QueueReading(depth=9, at=10.0)},
         now=11.0,
     )
-    assert outstanding("pod-1", load) == 9  # another gateway's backlog
+    assert outstanding("pod-1", load) == 10  # ours, plus another gateway's backlog
     assert LeastOutstanding().pick(PODS[:2], load).name == "pod-2"
     stale = Load(in_flight=load.in_flight, queues=load.queues, now=100.0)
     assert outstanding("pod-1", stale) == 1
@@ -49,8 +49,20 @@ def test_a_fresh_triton_queue_counts_when_it_exceeds_our_own_count() -> None:
 
 
 def test_our_own_requests_in_the_triton_queue_are_not_counted_twice() -> None:
-    load = Load(in_flight={"pod-1": 5}, queues={"pod-1": QueueReading(4, 0.0)}, now=0.0)
+    load = Load(in_flight={"pod-1": 5}, queues={"pod-1": QueueReading(4, 0.0, own=5)}, now=0.0)
     assert outstanding("pod-1", load) == 5
+
+
+def test_a_stale_queue_of_a_drained_pod_does_not_steer_requests_away() -> None:
+    # A second ago pod-1 had 6 queued, all ours; they are done now. pod-2 has 2 of
+    # ours in flight. The old reading must not make pod-1 look the busier.
+    load = Load(
+        in_flight={"pod-2": 2},
+        queues={"pod-1": QueueReading(6, 0.0, own=6), "pod-2": QueueReading(1, 0.0, own=1)},
+        now=1.0,
+    )
+    assert outstanding("pod-1", load) == 0
+    assert LeastOutstanding().pick(PODS[:2], load).name == "pod-1"
 
 
 def test_ties_rotate_so_an_idle_fleet_shares_single_requests() -> None:

@@ -19,7 +19,7 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -234,7 +234,10 @@ class Gateway:
         return targets
 
     def _record_queue(self, key: str, reading: QueueReading) -> None:
-        self._queues[key] = reading
+        # What we had on that pod as the scrape came back: the part of its queue
+        # that is ours (see routing.outstanding).
+        own = sum(dep.in_flight.get(key, 0) for dep in self._deployments.values())
+        self._queues[key] = replace(reading, own=float(own))
 
     # -- the request path --------------------------------------------------
 
