@@ -61,6 +61,10 @@ def test_a_request_held_at_zero_is_served_when_the_first_pod_turns_ready() -> No
         await endpoints.start(timeout_s=5)
         assert api.selectors == {"modeldeployments": None, "pods": POD_SELECTOR}
         gw = Gateway(parse_config({}), endpoints, scrape_interval_s=None)
+        # Reported for the SLO meter from discovery on, before any request: the
+        # operator counts it here from the first one, never also from Triton.
+        tracked = gw.slo.counts["ml/chat"]
+        assert (tracked.threshold_ms, tracked.requests) == (5000.0, 0)
         async with upstreams("a") as (a,):
             client = TestClient(TestServer(gw.app(), host="127.0.0.1"))
             await client.start_server()

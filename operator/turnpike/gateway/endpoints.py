@@ -69,6 +69,10 @@ class Endpoints(Protocol):
         """Call ``listener(model)`` after the ready set serving ``model`` changed."""
         ...
 
+    def models(self) -> tuple[str, ...]:
+        """Every name a fleet answers to now."""
+        ...
+
 
 class StaticEndpoints:
     """A fixed map of model -> endpoints, which tests (and operators) may change."""

@@ -42,10 +42,15 @@ class SLOBook:
     instance: str = field(default_factory=lambda: uuid.uuid4().hex)
     counts: dict[str, SLOCount] = field(default_factory=dict)
 
-    def record(self, deployment: str, threshold_ms: float, *, good: bool) -> None:
+    def track(self, deployment: str, threshold_ms: float) -> SLOCount:
+        """The deployment's count for ``threshold_ms``, at zero when new."""
         count = self.counts.get(deployment)
         if count is None or count.threshold_ms != threshold_ms:
             count = self.counts[deployment] = SLOCount(threshold_ms)
+        return count
+
+    def record(self, deployment: str, threshold_ms: float, *, good: bool) -> None:
+        count = self.track(deployment, threshold_ms)
         count.requests += 1
         count.good += int(good)
 

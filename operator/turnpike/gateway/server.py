@@ -115,6 +115,8 @@ class Gateway:
         # Requests within each deployment's SLO threshold, cumulative (load.py).
         self.slo = load.SLOBook()
         endpoints.subscribe(self._fleet_changed)
+        for model in endpoints.models():
+            self._measure_slo(model)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -198,7 +200,16 @@ class Gateway:
             self._resize(dep, fleet)
         return dep, fleet
 
+    def _measure_slo(self, model: str) -> None:
+        """Report a deployment with an SLO from the moment it is discovered, at zero
+        requests: the operator then counts its requests here from the first one,
+        never also from Triton's counters (which would count the first ones twice)."""
+        fleet = self.endpoints.fleet(model)
+        if fleet is not None and fleet.slo_threshold_ms is not None:
+            self.slo.track(fleet.deployment, fleet.slo_threshold_ms)
+
     def _fleet_changed(self, model: str) -> None:
+        self._measure_slo(model)
         fleet = self.endpoints.fleet(model)
         dep = self._deployments.get(fleet.deployment) if fleet is not None else None
         if dep is not None and fleet is not None:
