@@ -327,18 +327,6 @@ def find_nginx() -> str | None:
     return None
 
 
-def _http_status(url: str, timeout_s: float = 1.0) -> int:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(url, timeout=timeout_s) as response:
-            response.read()
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-    except (OSError, ValueError):
-        return 0
-
-
 def _http_json(url: str, timeout_s: float = 2.0) -> Any:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(url, timeout=timeout_s) as response:
@@ -390,7 +378,7 @@ class Child:
                 raise RuntimeError(
                     f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}"
                 )
-            if _http_status(url) == 200:
+            if tritonlocal._http_get(url, 1.0) == 200:
                 return
             time.sleep(0.05)  # poll interval, bounded by the deadline
         raise RuntimeError(
