@@ -21,8 +21,9 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed ## create the virtualenv with the operator and dev tools
 
 .PHONY: cluster-build
-cluster-build: system-deps ## compile the local cluster (control plane, kubelet, containerd, CNI) and build its images (cached per machine)
+cluster-build: system-deps ## compile the local cluster (control plane, kubelet, containerd, CNI, CoreDNS) and build its images (cached per machine)
 	hack/build-cluster.sh
+	python3 hack/coredns.py build
 	hack/images/build.sh
 
 .PHONY: cluster-up

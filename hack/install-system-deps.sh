@@ -10,6 +10,7 @@
 # - runc, nftables, iproute2: the real node (the OCI runtime containerd calls,
 #   the guard table and kube-proxy's nftables mode, the bridge);
 # - buildah, debootstrap, gcc, jq: the node's images, built here (hack/images);
+#   ssh-keygen (openssh-client): their checks' ssh keys;
 # - openssl: the local cluster's certificates.
 set -euo pipefail
 need=()
@@ -22,6 +23,7 @@ for tool in openssl runc nft buildah debootstrap gcc jq; do
   have "$tool" || need+=("$pkg")
 done
 have ip || need+=(iproute2)
+have ssh-keygen || need+=(openssh-client)
 [[ ${#need[@]} -eq 0 ]] && exit 0
 if [[ $(id -u) -ne 0 ]]; then
   echo "install these Debian packages first: ${need[*]}" >&2

@@ -4,10 +4,12 @@ etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok run as
 plain processes on free 127.0.0.1 ports; kwok plays the kubelets of nodes that
 look the way GPU Feature Discovery and the NVIDIA device plugin present them.
 A real node (``hack/realnode.py``: kubelet, containerd, runc, CNI, kube-proxy,
-a GPU device plugin) runs the pods scheduled to it. The cluster shape file says
-which pools are kwok and which is real. Every address handed out is loopback,
-or in the harness ranges of ``hack/netrule.py`` that exist only on the real
-node's bridge, so nothing here ever dials a host off this machine.
+a GPU device plugin) runs the pods scheduled to it, with CoreDNS
+(``hack/coredns.py``) on the node's bridge address as their cluster DNS. The
+cluster shape file says which pools are kwok and which is real. Every address
+handed out is loopback, or in the harness ranges of ``hack/netrule.py`` that
+exist only on the real node's bridge, so nothing here ever dials a host off
+this machine.
 
     python hack/localcluster.py up          # build (cached) and start, or reuse
     python hack/localcluster.py down        # stop every process, remove state
@@ -45,7 +47,7 @@ import yaml
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hack import netrule, realnode
+from hack import coredns, netrule, realnode
 from hack.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,8 +62,11 @@ DEFAULT_POD_CIDR = "127.64.255.0/24"
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
 FAKE_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+# The cluster DNS, a host process on the real node's bridge address: only a
+# cluster with a real node runs it (kwok's pods never resolve anything).
+CLUSTER_DNS = "coredns"
 # Every component a cluster with a real node runs (see components()).
-COMPONENTS = (*CONTROL_PLANE, *realnode.COMPONENTS)
+COMPONENTS = (*CONTROL_PLANE, CLUSTER_DNS, *realnode.COMPONENTS)
 NO_PROXY = netrule.no_proxy()
 # Ports that accept connections once the cluster is up (etcd's peer port only
 # listens for other members, and there are none).
@@ -174,7 +179,10 @@ def components(state: dict[str, Any]) -> tuple[str, ...]:
     node = [*realnode.COMPONENTS]
     if not state["real_pool"].get("gpus"):
         node.remove("gpu-device-plugin")
-    return (*CONTROL_PLANE, *node)
+    # A cluster started before the harness had a cluster DNS runs none; it stays
+    # reusable as it is (its pods' resolv.conf names no DNS server).
+    dns = (CLUSTER_DNS,) if "coredns_ready" in state.get("ports", {}) else ()
+    return (*CONTROL_PLANE, *dns, *node)
 
 
 def _write_state(state: dict[str, Any]) -> None:
@@ -421,6 +429,7 @@ def up() -> Cluster:
     bin_dir = cache / "bin"
     pools = realnode.real_pools(load_shape())
     pool = pools[0] if pools else None
+    dns_binary = coredns.build() if pool is not None else None
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     pki = STATE_DIR / "pki"
     _make_pki(pki)
@@ -450,6 +459,7 @@ def up() -> Cluster:
             kubelet_healthz=free_port(),
             kube_proxy_healthz=free_port(),
             kube_proxy_metrics=free_port(),
+            coredns_ready=free_port(),
         )
     state: dict[str, Any] = {
         "bin": str(bin_dir),
@@ -611,6 +621,8 @@ def up() -> Cluster:
         state,
     )
     cluster = Cluster(kubeconfig=kubeconfig, bin_dir=bin_dir)
+    if pool is not None and dns_binary is not None:
+        _start_cluster_dns(dns_binary, kubeconfig, state)
     if pool is not None:
         log(f"starting the real node {pool.node_name} (containerd, kubelet, kube-proxy)")
         realnode.start(
@@ -670,6 +682,28 @@ def up() -> Cluster:
     )
     log(f"cluster up in {time.monotonic() - started:.1f}s; KUBECONFIG={kubeconfig}")
     return cluster
+
+
+def _start_cluster_dns(binary: Path, kubeconfig: Path, state: dict[str, Any]) -> None:
+    """CoreDNS on the bridge address, before the kubelet hands that address to pods."""
+    address, port = netrule.CLUSTER_DNS_IP, coredns.DNS_PORT
+    busy = coredns.listeners(address, port)
+    if busy:
+        raise RuntimeError(
+            f"the cluster DNS needs {address}:{port}, which is taken: {', '.join(busy)}"
+        )
+    corefile = STATE_DIR / "Corefile"
+    corefile.write_text(
+        coredns.corefile(kubeconfig, [address], port, state["ports"]["coredns_ready"])
+    )
+    log(f"starting CoreDNS on {address}:{port}")
+    _start(CLUSTER_DNS, coredns.command(binary, corefile), state)
+    wait_for(
+        f"CoreDNS serving {address}:{port}",
+        lambda: coredns.ready(state["ports"]["coredns_ready"]) and coredns.serving(address, port),
+        60,
+        (*CONTROL_PLANE, CLUSTER_DNS),
+    )
 
 
 # Pods sharing the host's network namespace would bypass the guard table's
@@ -763,7 +797,9 @@ def down() -> None:
         # The node first, while containerd can still stop its pods cleanly.
         bin_dir = Path(state["bin"]) if state.get("bin") else None
         realnode.stop(state, bin_dir, ours, process_alive)
-    for name in reversed(CONTROL_PLANE):
+    # The cluster DNS first (its clients, the node's pods, are gone), then the
+    # control plane in reverse start order.
+    for name in (CLUSTER_DNS, *reversed(CONTROL_PLANE)):
         pid = ours.get(name)
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):

@@ -25,6 +25,10 @@ NODE_IP = "198.18.0.1"
 POD_CIDR = "198.18.0.0/16"
 POD_RANGE_START = "198.18.1.1"
 POD_RANGE_END = "198.18.255.254"
+# The cluster's DNS server (hack/coredns.py), a host process: the kubelet
+# writes it into every pod's resolv.conf. It is the node's own address, so
+# queries never leave the bridge (and no Service or kube-proxy rule is needed).
+CLUSTER_DNS_IP = NODE_IP
 SERVICE_CIDR = "198.19.0.0/16"
 # The first address of SERVICE_CIDR, which the API server gives the
 # `kubernetes` Service; its serving certificate names it.

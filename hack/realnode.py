@@ -7,7 +7,9 @@ kwok pools and is started and stopped by ``hack/localcluster.py``.
 Networking (see ``hack/netrule.py``): pods get addresses on the bridge
 ``netrule.BRIDGE``, which carries the node's own address; the API server
 advertises that address, so in-cluster clients reach it through the
-``kubernetes`` Service, which kube-proxy (nftables mode) routes. Before any pod
+``kubernetes`` Service, which kube-proxy (nftables mode) routes. Pods resolve
+names with the cluster DNS (``hack/coredns.py``, a host process on that same
+address), which the kubelet names in their resolv.conf. Before any pod
 starts an nftables table drops every packet of the harness ranges that would
 leave through another interface; nothing masquerades.
 
@@ -43,7 +45,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hack import netrule
+from hack import coredns, netrule
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGES_SCRIPT = REPO / "hack" / "images" / "build.sh"
@@ -241,6 +243,7 @@ def guard_ruleset() -> str:
     family, table = GUARD_TABLE
     ranges = ", ".join(netrule.HARNESS_RANGES)
     bridge = netrule.BRIDGE
+    dns, dns_port = netrule.CLUSTER_DNS_IP, coredns.DNS_PORT
     return f"""
 table {family} {table} {{
   set harness {{ type ipv4_addr; flags interval; elements = {{ {ranges} }} }}
@@ -266,11 +269,18 @@ table {family} {table} {{
     ip daddr @harness drop
   }}
   # Pods reach the host only at harness addresses (the API server, the kubelet,
-  # the tests' model servers) and never a resolver; nothing outside reaches
-  # harness addresses or the API server's and etcd's ports.
+  # the tests' model servers) and never a resolver but the cluster's DNS
+  # (hack/coredns.py, which forwards nothing): port 53 at its address, and only
+  # to a socket bound to that address, not a wildcard one; nothing outside
+  # reaches harness addresses or the API server's and etcd's ports.
   chain input {{
     type filter hook input priority -10; policy accept;
     iifname "lo" accept
+    iifname "{bridge}" ip daddr {dns} udp dport {dns_port} socket wildcard 0 accept
+    iifname "{bridge}" ip daddr {dns} tcp dport {dns_port} socket wildcard 0 accept
+    # The handshake's last ACK finds a request socket, which "socket" cannot
+    # judge; only a SYN accepted above gets the SYN-ACK that establishes it.
+    iifname "{bridge}" ip daddr {dns} tcp dport {dns_port} ct state established accept
     iifname "{bridge}" udp dport 53 drop
     iifname "{bridge}" tcp dport 53 drop
     iifname "{bridge}" ip daddr @harness accept
@@ -410,7 +420,11 @@ def kubelet_config(state_dir: Path, pki: Path, ports: dict[str, int]) -> dict[st
         "cgroupDriver": "cgroupfs",
         "containerRuntimeEndpoint": f"unix://{socket_dir(state_dir) / 'containerd.sock'}",
         "podLogsDir": str(state_dir / "pod-logs"),
-        # No cluster DNS here, and pods must not ask the machine's resolver.
+        # Pods ask the cluster's DNS (hack/coredns.py, a host process on the
+        # bridge address), never the machine's resolver: the node's own
+        # resolv.conf names none that a pod could reach, and no search domain.
+        "clusterDNS": [netrule.CLUSTER_DNS_IP],
+        "clusterDomain": coredns.CLUSTER_DOMAIN,
         "resolvConf": str(state_dir / "resolv.conf"),
         "registerWithTaints": [
             {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"},

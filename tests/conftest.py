@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hack import localcluster, netrule, realnode
+from hack import localcluster, lws, netrule, realnode
 from hack.kubectl import Kubectl
 from hack.operator_process import OperatorProcess, start_operator
 
@@ -85,7 +85,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def crds_installed(kubectl: Kubectl) -> None:
+    """Turnpike's CRDs, and LeaderWorkerSet's: the operator watches LeaderWorkerSets
+    only where their API exists when it starts (the controller comes later, see
+    lws_controller)."""
     kubectl.run("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    kubectl.apply(lws.crd())
     kubectl.run("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
     kubectl.run(
         "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "deploy" / "admission")
@@ -102,6 +106,14 @@ def operator(
     yield process
     code = process.stop()
     assert code == 0, f"operator exited {code} on SIGTERM:\n{process.log_tail()}"
+
+
+@pytest.fixture(scope="session")
+def lws_controller(kubectl: Kubectl, crds_installed: None) -> Iterator[lws.Controller]:
+    """The real LeaderWorkerSet controller (sigs.k8s.io/lws), built once per machine."""
+    running = lws.start(kubectl)
+    yield running
+    running.stop()
 
 
 FIGURES = pytest.StashKey[list[str]]()

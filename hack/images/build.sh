@@ -20,8 +20,8 @@
 # Environment: TURNPIKE_CACHE, TURNPIKE_DEBIAN_SUITE (bookworm), TURNPIKE_DEBIAN_MIRROR
 # (http://deb.debian.org/debian), TURNPIKE_VENV (the repo's .venv: where the nvidia-pytriton
 # wheel is found installed; otherwise pip downloads it), TURNPIKE_IMAGES_KEEP (3: cached
-# versions kept per image). Needs root, buildah, debootstrap, gcc, jq; the checks need runc
-# and GNU tar.
+# versions kept per image). Needs root, buildah, debootstrap, gcc, jq; the checks need runc,
+# GNU tar, ip (iproute2) and ssh-keygen.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -168,7 +168,7 @@ for tool in buildah debootstrap gcc jq; do
     command -v "$tool" >/dev/null || { echo "build.sh: $tool is missing (hack/install-system-deps.sh?)" >&2; exit 1; }
 done
 if ((VERIFY)); then
-    for tool in runc tar; do
+    for tool in runc tar ip ssh-keygen; do
         command -v "$tool" >/dev/null || { echo "build.sh: $tool is missing (or pass --no-verify)" >&2; exit 1; }
     done
 fi

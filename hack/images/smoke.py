@@ -7,8 +7,10 @@ IMAGE is one of pause, debian-python, tritonserver-cpu, turnpike. The archive is
 unpacked as containerd would import it (layer digests checked, whiteouts applied)
 and run with runc: the image's own user, every capability dropped, no new privileges, in
 the host's network namespace (servers bind 127.0.0.1 only), and for the operator
-a read-only root filesystem. build.sh runs it before it publishes an image.
-Standard library only; needs root, GNU tar and runc.
+a read-only root filesystem. The Triton image's multi-node launch (smoke_mpi.py) runs
+in two containers with network namespaces of their own, joined to each other only.
+build.sh runs it before it publishes an image.
+Standard library only; needs root, GNU tar, runc, ip and ssh-keygen.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from hack.images import smoke_mpi
 from hack.ports import free_ports
 
 LOOPBACK = "127.0.0.1"
@@ -159,8 +162,13 @@ class Bundle:
         readonly: bool = False,
         binds: dict[str, str] | None = None,
         env: dict[str, str] | None = None,
+        netns: Path | None = None,
+        hostname: str = "smoke",
     ) -> tuple[str, subprocess.Popen[bytes], Path]:
-        """Start a container in the background; (id, runc process, log path)."""
+        """Start a container in the background; (id, runc process, log path).
+
+        In the host's network namespace, or in ``netns`` (a path such as /run/netns/NAME).
+        """
         self._count += 1
         cid = f"turnpike-smoke-{os.getpid()}-{self._count}"
         config = json.loads(json.dumps(self.base))
@@ -184,7 +192,9 @@ class Bundle:
         config["linux"]["namespaces"] = [
             ns for ns in config["linux"]["namespaces"] if ns["type"] != "network"
         ]
-        config["hostname"] = "smoke"
+        if netns is not None:
+            config["linux"]["namespaces"].append({"type": "network", "path": str(netns)})
+        config["hostname"] = hostname
         for source, dest in (binds or {}).items():
             config["mounts"].append(
                 {"destination": dest, "type": "bind", "source": source, "options": ["rbind", "ro"]}
@@ -394,7 +404,126 @@ def check_tritonserver_cpu(b: Bundle, repo: Path) -> dict[str, Any]:
         "infer_ms": round(infer_ms, 1),
         "stop_s": round(stop_s, 2),
         "metrics": pending + success,
+        "mpi": check_mpi(b),
     }
+
+
+def check_mpi(b: Bundle) -> dict[str, Any]:
+    """The multi-node launch contract (smoke_mpi.py) between two pods of the image.
+
+    A leader and a worker container (uid 1000 with fsGroup 1000, every capability dropped,
+    no new privileges), each in its own network namespace, the two joined by a veth pair,
+    named like a LeaderWorkerSet's pods (/etc/hosts standing in for the cluster's DNS), the
+    key set mounted read-only as a Secret volume. The leader's wait gives up on a worker that
+    never comes; then the leader starts first, the worker's sshd a moment later, and mpirun
+    runs 2 hosts x 2 slots of mpi-rank-report: ranks 0-1 forked on the leader (it runs no
+    sshd), ranks 2-3 on the worker over ssh, a 1 MiB allgather among them.
+    """
+    stale = smoke_mpi.remove_stale_namespaces()
+    secret = b.work / "mpi-secret"
+    smoke_mpi.write_key_set(secret)
+    slots, check_var, token = 2, "TURNPIKE_MPI_SMOKE", f"token-{os.getpid()}"
+    image_path = next(e for e in b.base["process"]["env"] if e.startswith("PATH="))[5:]
+    exports = ["PATH", check_var]
+    program = ["mpi-rank-report", "--payload", str(1 << 20)]
+    program += [arg for name in exports for arg in ("--env", name)]
+    # A LeaderWorkerSet "tp-mpi" in namespace "smoke", group 0: pod hostnames tp-mpi-0 and
+    # tp-mpi-0-1, subdomain tp-mpi; the leader knows the group by LWS_LEADER_ADDRESS's form
+    # <hostname>.<subdomain>.<namespace>, which the cluster's DNS resolves.
+    names = ["tp-mpi-0", "tp-mpi-0-1"]
+    fqdns = [f"{name}.tp-mpi.smoke" for name in names]
+    result: dict[str, Any] = {"stale_namespaces_removed": stale}
+    with smoke_mpi.veth_pair() as pair:
+        ips = [address for _, address in pair]
+        runs: list[dict[str, Any]] = []
+        for i, (netns, _) in enumerate(pair):
+            # The kubelet's /etc/hosts (its own FQDN and hostname), then what DNS would
+            # answer for the group's addresses; never the other pod's bare hostname.
+            hosts = b.work / f"mpi-hosts-{i}"
+            hosts.write_text(
+                f"127.0.0.1\tlocalhost\n{ips[i]}\t{fqdns[i]}.svc.cluster.local\t{names[i]}\n"
+                + "".join(f"{ip}\t{fqdn}\n" for ip, fqdn in zip(ips, fqdns, strict=True))
+            )
+            os.chmod(hosts, 0o644)
+            runs.append(
+                {
+                    "uid": 1000,
+                    "gid": 1000,
+                    "binds": {str(secret): smoke_mpi.MPI_DIR, str(hosts): "/etc/hosts"},
+                    "netns": netns,
+                    "hostname": names[i],
+                }
+            )
+        leader = smoke_mpi.leader_argv(fqdns, slots, program, exports, workers=fqdns[1:])
+        env = {check_var: token}
+
+        # No worker: the wait gives up after its tries, naming the worker.
+        t = time.monotonic()
+        rc, out = b.run(leader, timeout=60, env={**env, "TURNPIKE_MPI_WAIT_TRIES": "2"}, **runs[0])
+        want = f"turnpike-mpi: worker {fqdns[1]}: no ssh on port {smoke_mpi.SSH_PORT} after 2 tries"
+        expect(rc == 1 and want in out, f"the leader without a worker: rc {rc}: {out}")
+        result["no_worker"] = {
+            "exit": rc,
+            "s": round(time.monotonic() - t, 1),
+            "message": next(line for line in out.splitlines() if want in line),
+        }
+
+        # The leader first, the worker's sshd a moment later.
+        t = time.monotonic()
+        lcid, lproc, llog = b.start(leader, env=env, **runs[0])
+        wcid: str | None = None
+        try:
+            time.sleep(1.5)
+            expect(lproc.poll() is None, f"the leader exited {lproc.returncode}: {tail(llog)}")
+            wcid, wproc, wlog = b.start(smoke_mpi.WORKER_ARGV, **runs[1])
+            try:
+                rc = lproc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                raise SmokeError(
+                    f"mpirun did not finish in 120 s: {tail(llog)}\nworker: {tail(wlog)}"
+                ) from None
+            launch_s = time.monotonic() - t
+            expect(
+                wproc.poll() is None, f"the worker's sshd exited {wproc.returncode}: {tail(wlog)}"
+            )
+            expect(rc == 0, f"mpirun exited {rc}: {tail(llog)}\nworker: {tail(wlog)}")
+            t = time.monotonic()
+            worker_rc = b.kill(wcid, wproc, "TERM")
+            worker_stop_s = time.monotonic() - t
+            wcid = None
+        finally:
+            if lproc.poll() is None:
+                b.kill(lcid, lproc)
+            b.delete(lcid)
+            if wcid is not None:
+                b.kill(wcid, wproc)
+    out = llog.read_text(errors="replace")
+    reports = [line for line in out.splitlines() if line.startswith('{"size":')]
+    expect(len(reports) == 1, f"want one JSON line from rank 0: {out}")
+    report = json.loads(reports[0])
+    ranks = report["ranks"]
+    expect(report["size"] == 2 * slots and len(ranks) == 2 * slots, f"size: {reports[0]}")
+    # Every rank: on its pod, as 1000, with the leader's PATH (the image's: a remote rank
+    # otherwise gets sshd's default) and the exported variable.
+    want_env = {"PATH": image_path, check_var: token}
+    for r in ranks:
+        side = r["rank"] // slots
+        expected = (names[side], ips[side], 1000, want_env)
+        expect(
+            (r["host"], r["ip"], r["uid"], r["env"]) == expected,
+            f"rank {r['rank']} ran as {r}, want {expected}: {out}",
+        )
+    sshd = wlog.read_text(errors="replace")
+    result.update(
+        ranks=ranks,
+        payload_bytes=report.get("payload_bytes"),
+        launch_s=round(launch_s, 2),
+        leader_log=[line for line in out.splitlines() if line not in reports],
+        worker_ssh_logins=sshd.count("Accepted publickey"),
+        worker_sigterm_exit=worker_rc,
+        worker_stop_s=round(worker_stop_s, 2),
+    )
+    return result
 
 
 def check_turnpike(b: Bundle, repo: Path) -> dict[str, Any]:

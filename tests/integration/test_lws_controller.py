@@ -12,7 +12,6 @@ when one of its pods goes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,11 +24,9 @@ pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("cluster")]
 H100 = "NVIDIA-H100-80GB-HBM3"
 
 
-@pytest.fixture(scope="module")
-def controller(kubectl: Kubectl) -> Iterator[lws.Controller]:
-    running = lws.start(kubectl)
-    yield running
-    running.stop()
+@pytest.fixture
+def controller(lws_controller: lws.Controller) -> lws.Controller:
+    return lws_controller
 
 
 def group_of_two(name: str) -> dict[str, Any]:

@@ -188,9 +188,16 @@ class FakeKube:
         self.status_patches.append(copy.deepcopy(status))
         stored = self.objects.get((resource.kind, namespace, name))
         if stored is None:
-            raise self._refuse(404, "NotFound", f'{resource.plural} "{name}" not found',
-                               {"kind": resource.kind, "apiVersion": resource.api_version,
-                                "metadata": {"name": name}})
+            raise self._refuse(
+                404,
+                "NotFound",
+                f'{resource.plural} "{name}" not found',
+                {
+                    "kind": resource.kind,
+                    "apiVersion": resource.api_version,
+                    "metadata": {"name": name},
+                },
+            )
         updated = copy.deepcopy(stored)
         updated["status"] = json_merge(updated.get("status", {}), status)
         return self.put(updated)
@@ -211,8 +218,11 @@ class FakeKube:
         """A JSON merge patch of metadata; a resourceVersion in it must be current."""
         await self._enter("patch")
         stored = self.objects.get((resource.kind, namespace, name))
-        ref = {"kind": resource.kind, "apiVersion": resource.api_version,
-               "metadata": {"name": name}}
+        ref = {
+            "kind": resource.kind,
+            "apiVersion": resource.api_version,
+            "metadata": {"name": name},
+        }
         if stored is None:
             raise self._refuse(404, "NotFound", f'{resource.plural} "{name}" not found', ref)
         wanted = patch.get("metadata", {}).get("resourceVersion")
@@ -267,13 +277,13 @@ def feed(cache: Cache, event: str, obj: dict[str, Any]) -> None:
         cache.model_seen(event, obj)
     elif obj["kind"] == "CapacityTier":
         cache.tier_seen(event, obj)
-    elif obj["kind"] in ("Deployment", "Service", "PodDisruptionBudget"):
+    elif obj["kind"] in ("Deployment", "LeaderWorkerSet", "Service", "PodDisruptionBudget"):
         cache.child_seen(event, obj)
 
 
 def cache_fed_by(kube: FakeKube) -> Cache:
     """A cache primed with what is stored and kept current by the fake's watch."""
-    cache = Cache()
+    cache = Cache(leaderworkersets=True)  # the fake serves every kind
     for obj in list(kube.objects.values()):
         feed(cache, "ADDED", obj)
     kube.watch(lambda event, obj: feed(cache, event, obj))

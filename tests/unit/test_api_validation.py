@@ -39,7 +39,11 @@ def test_minimal_spec_gets_defaults() -> None:
     assert (s.gpu.per_replica, s.min_replicas, s.replicas, s.max_replicas) == (1, 1, 1, None)
     assert s.runtime.shm_size == "2Gi"
     assert not s.autoscaling.enabled
-    assert s.to_k8s()["gpu"] == {"tensorParallelism": 1, "pipelineParallelism": 1}
+    assert s.to_k8s()["gpu"] == {
+        "tensorParallelism": 1,
+        "pipelineParallelism": 1,
+        "nodesPerReplica": 1,
+    }
 
 
 def test_snake_case_is_accepted_too() -> None:
@@ -571,8 +575,16 @@ def test_image_without_whitespace() -> None:
 
 @pytest.mark.parametrize(
     ("key", "ok"),
-    [("token", True), (".env", True), ("a..b", True), ("a.", True),
-     (".", False), ("..", False), ("..data", False), ("a/b", False)],
+    [
+        ("token", True),
+        (".env", True),
+        ("a..b", True),
+        ("a.", True),
+        (".", False),
+        ("..", False),
+        ("..data", False),
+        ("a/b", False),
+    ],
 )
 def test_secret_keys_are_the_file_names_kubernetes_accepts(key: str, ok: bool) -> None:
     """Found by the dry-run conformance test: the API server refused a Deployment

@@ -263,5 +263,117 @@ def test_configmap_patch_embeds_the_script_verbatim(kind: str) -> None:
 def test_configmap_patch_has_only_turnpike_keys() -> None:
     patch = yaml.safe_load(CM_PATCH.read_text())
     assert set(patch["data"]) == {
-        f"resource.customizations.health.turnpike.dev_{kind}" for kind in KINDS
+        *(f"resource.customizations.health.turnpike.dev_{kind}" for kind in KINDS),
+        LWS_KEY,
     }
+
+
+# --- LeaderWorkerSet (the workload of a multi-node ModelDeployment) -------------------
+
+LWS_HEALTH_LUA = REPO / "deploy" / "argocd" / "leaderworkerset-health.lua"
+LWS_KEY = "resource.customizations.health.leaderworkerset.x-k8s.io_LeaderWorkerSet"
+
+
+def lws_health(obj: dict[str, Any], version: str = "lupa.lua51") -> dict[str, str]:
+    lupa = lua_module(version)
+    lua = lupa.LuaRuntime(unpack_returned_tuples=True)
+    lua.globals().obj = lua.table_from(obj, recursive=True)
+    result = lua.execute(LWS_HEALTH_LUA.read_text())
+    assert result is not None, "leaderworkerset-health.lua must return hs"
+    return {str(k): str(v) for k, v in dict(result).items()}
+
+
+def lws(replicas: int, status: dict[str, Any] | None) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "apiVersion": "leaderworkerset.x-k8s.io/v1",
+        "kind": "LeaderWorkerSet",
+        "metadata": {"name": "llama-405b", "generation": 3},
+        "spec": {"replicas": replicas},
+    }
+    if status is not None:
+        obj["status"] = status
+    return obj
+
+
+def lws_condition(type_: str) -> list[dict[str, str]]:
+    return [{"type": type_, "status": "True", "reason": "r", "message": "m"}]
+
+
+@pytest.mark.parametrize("version", LUA_VERSIONS)
+@pytest.mark.parametrize(
+    ("obj", "expected"),
+    [
+        (lws(2, None), ("Progressing", "Waiting for the LeaderWorkerSet controller")),
+        (
+            lws(2, {"readyReplicas": 2, "replicas": 2, "conditions": lws_condition("Available")}),
+            ("Healthy", "2/2 groups ready"),
+        ),
+        (
+            lws(2, {"readyReplicas": 1, "replicas": 2, "conditions": lws_condition("Progressing")}),
+            ("Progressing", "1/2 groups ready"),
+        ),
+        (
+            lws(2, {"readyReplicas": 1, "conditions": lws_condition("Available")}),
+            ("Progressing", "1/2 groups ready"),
+        ),
+        (
+            lws(
+                2,
+                {
+                    "readyReplicas": 2,
+                    "updatedReplicas": 1,
+                    "conditions": lws_condition("UpdateInProgress"),
+                },
+            ),
+            ("Progressing", "Rolling update: 1/2 groups updated"),
+        ),
+        (lws(0, {}), ("Healthy", "0/0 groups ready")),
+    ],
+)
+def test_leaderworkerset_health_follows_its_groups(
+    version: str, obj: dict[str, Any], expected: tuple[str, str]
+) -> None:
+    hs = lws_health(obj, version)
+    assert hs["status"] == expected[0]
+    assert hs["message"].startswith(expected[1])
+
+
+def test_configmap_patch_embeds_the_leaderworkerset_script_verbatim() -> None:
+    patch = yaml.safe_load(CM_PATCH.read_text())
+    assert patch["data"][LWS_KEY] == LWS_HEALTH_LUA.read_text()
+
+
+@pytest.mark.parametrize("version", LUA_VERSIONS)
+def test_a_group_waiting_on_a_pod_is_progressing_with_the_pod_named(version: str) -> None:
+    message = (
+        "0/1 replicas ready; group 0 (1/2 pods ready) waits on pod llama-405b-0-1 "
+        "(worker 1): container mpi-worker ImagePullBackOff"
+    )
+    obj = md(
+        conditions=[
+            {
+                "type": "Ready",
+                "status": "False",
+                "reason": "WaitingForReplicas",
+                "message": message,
+                "observedGeneration": 3,
+            },
+            {
+                "type": "Progressing",
+                "status": "True",
+                "reason": "WaitingForReplicas",
+                "message": message,
+                "observedGeneration": 3,
+            },
+            {
+                "type": "Degraded",
+                "status": "False",
+                "reason": "AsExpected",
+                "message": "",
+                "observedGeneration": 3,
+            },
+        ]
+    )
+    hs = health(obj, version)
+    assert hs["status"] == "Progressing"
+    assert "waits on pod llama-405b-0-1 (worker 1)" in hs["message"]

@@ -106,6 +106,7 @@ def test_plan_refs_pin_content(tmp_path: Path) -> None:
             {"debian-python", "tritonserver-cpu", "turnpike"},
         ),
         ("hack/images/tritonserver-cpu/Containerfile", {"tritonserver-cpu"}),
+        ("hack/images/tritonserver-cpu/mpi-rank-report", {"tritonserver-cpu"}),
         ("Dockerfile", {"turnpike"}),
         (".dockerignore", {"turnpike"}),
         ("operator/turnpike/__init__.py", {"turnpike"}),

@@ -137,6 +137,7 @@ FIELDS = (
     "backend",
     "name",
     "parallelism",
+    "nodes",
     "count",
     "product",
     "args",
@@ -222,6 +223,10 @@ def specs(draw: st.DrawFn) -> dict[str, Any]:
         ranks = either("parallelism", st.sampled_from([1, 2, 4, 8]), st.integers(-1, 70))
         gpu["tensorParallelism"] = draw(ranks)
         gpu["pipelineParallelism"] = draw(ranks)
+        if draw(st.booleans()):
+            gpu["nodesPerReplica"] = draw(
+                either("nodes", st.sampled_from([1, 2, 4]), st.integers(-1, 20))
+            )
     if draw(st.integers(0, 3)) == 0:
         world = gpu.get("tensorParallelism", 1) * gpu.get("pipelineParallelism", 1)
         gpu["count"] = draw(either("count", st.just(world), st.integers(0, 70)))
@@ -301,14 +306,19 @@ def test_any_body_is_refused_or_rendered_into_storable_literal_children(
             assert LABEL_KEY.fullmatch(key) and is_label_value(value), (key, value)
     for s in _strings(children):
         assert not uris.has_userinfo(s), s
-    deployment = children[0]
-    pod_spec = deployment["spec"]["template"]["spec"]
+    (deployment,) = [c for c in children if c["kind"] in ("Deployment", "LeaderWorkerSet")]
+    if deployment["kind"] == "Deployment":
+        pod_specs = [deployment["spec"]["template"]["spec"]]
+    else:
+        template = deployment["spec"]["leaderWorkerTemplate"]
+        pod_specs = [template["leaderTemplate"]["spec"], template["workerTemplate"]["spec"]]
     referenced: list[str] = []
-    for s in _expanded_strings(pod_spec):
-        expand(s, lambda name: referenced.append(name) or "")
+    for pod_spec in pod_specs:
+        for s in _expanded_strings(pod_spec):
+            expand(s, lambda name: referenced.append(name) or "")
     assert referenced == [], "the kubelet would substitute these"
     # The URI arrives where Triton or the download reads it, exactly as written.
-    arrived = [expand(s, lambda n: f"$({n})") for s in _expanded_strings(pod_spec)]
+    arrived = [expand(s, lambda n: f"$({n})") for s in _expanded_strings(pod_specs[0])]
     uri = parsed.spec.model.uri
     assert any(uri in s for s in arrived) or uri.startswith(("pvc://", "hf://"))
 

@@ -23,10 +23,18 @@ DNSSubdomain = Annotated[str, Field(pattern=DNS_SUBDOMAIN_PATTERN, min_length=1,
 URI_PATTERN = uris.URI_PATTERN
 # A node label value (nvidia.com/gpu.product): alphanumeric at both ends.
 GPU_PRODUCT_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?$"
+# A label key: an optional DNS-subdomain prefix and "/", then a name segment.
+LABEL_KEY_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
 # Neither whitespace nor control characters (the same set in Go's RE2 and pydantic's engine).
 NO_SPACE_PATTERN = r"^[^\p{Z}\p{Cc}]+$"
-# One replica is one pod on one node; no node has more GPUs than this.
+# GPUs one pod (one node) of a replica may hold; no node has more than this.
 MAX_GPUS_PER_REPLICA = 64
+# Nodes one replica may span (a LeaderWorkerSet group of this many pods): 16
+# 8-GPU nodes serve the largest open models with room to spare.
+MAX_NODES_PER_REPLICA = 16
 # The model URI and runtime.args are repeated on the command line of every rank
 # (one tritonserver per GPU under mpirun), so their total length per replica is
 # bounded to keep the rendered Deployment far below etcd's object size limit: to
@@ -141,11 +149,26 @@ GPU_RULES = (
         check=lambda g: g.count is None or g.count == g.tensor_parallelism * g.pipeline_parallelism,
     ),
     Rule(
-        cel=f"self.tensorParallelism * self.pipelineParallelism <= {MAX_GPUS_PER_REPLICA}",
+        cel=f"self.tensorParallelism * self.pipelineParallelism <= {MAX_GPUS_PER_REPLICA} * "
+        "self.nodesPerReplica",
         message=f"tensorParallelism × pipelineParallelism must not exceed {MAX_GPUS_PER_REPLICA} "
-        "(the GPUs of one replica, which is one pod on one node)",
+        "per node of a replica (nodesPerReplica)",
         field_path=".tensorParallelism",
-        check=lambda g: g.world_size <= MAX_GPUS_PER_REPLICA,
+        check=lambda g: g.world_size <= MAX_GPUS_PER_REPLICA * g.nodes_per_replica,
+    ),
+    Rule(
+        cel="self.tensorParallelism * self.pipelineParallelism % self.nodesPerReplica == 0",
+        message="tensorParallelism × pipelineParallelism must be a multiple of nodesPerReplica: "
+        "every node of a replica runs the same number of ranks, one per GPU",
+        field_path=".nodesPerReplica",
+        check=lambda g: g.world_size % g.nodes_per_replica == 0,
+    ),
+    Rule(
+        cel="!has(self.exclusiveTopology) || self.nodesPerReplica > 1",
+        message="gpu.exclusiveTopology places the nodes of a multi-node replica: it needs "
+        "nodesPerReplica above 1",
+        field_path=".exclusiveTopology",
+        check=lambda g: g.exclusive_topology is None or g.nodes_per_replica > 1,
     ),
 )
 
@@ -158,7 +181,7 @@ class GPU(ApiModel):
     count: int | None = Field(
         default=None,
         ge=1,
-        le=MAX_GPUS_PER_REPLICA,
+        le=MAX_GPUS_PER_REPLICA * MAX_NODES_PER_REPLICA,
         description="GPUs per replica. Defaults to tensorParallelism × pipelineParallelism.",
     )
     product: str | None = Field(
@@ -174,6 +197,31 @@ class GPU(ApiModel):
     pipeline_parallelism: int = Field(
         default=1, ge=1, le=64, description="Pipeline-parallel stages."
     )
+    nodes_per_replica: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_NODES_PER_REPLICA,
+        description=(
+            "Nodes one replica spans. Above 1 (backend tensorrtllm), each replica is a "
+            "LeaderWorkerSet group of this many pods, one per node, each holding "
+            "tensorParallelism × pipelineParallelism / nodesPerReplica GPUs; the leader "
+            "serves and launches the TensorRT-LLM ranks across the group with MPI. Needs the "
+            "LeaderWorkerSet controller (sigs.k8s.io/lws) in the cluster. Cannot change in "
+            "place: create a new ModelDeployment beside the old one and move traffic."
+        ),
+    )
+
+    exclusive_topology: str | None = Field(
+        default=None,
+        pattern=LABEL_KEY_PATTERN,
+        max_length=316,
+        description=(
+            "With nodesPerReplica above 1: the node label naming a replica's interconnect "
+            "domain (an NVLink or InfiniBand block, a node pool). Each replica's nodes then "
+            "share one value of it, and no other replica uses that domain "
+            "(LeaderWorkerSet's exclusive topology). Unset: any nodes with the GPUs."
+        ),
+    )
 
     @property
     def world_size(self) -> int:
@@ -182,6 +230,15 @@ class GPU(ApiModel):
     @property
     def per_replica(self) -> int:
         return self.count if self.count is not None else self.world_size
+
+    @property
+    def per_node(self) -> int:
+        """GPUs of each pod of a replica (all of them when it spans one node)."""
+        return self.per_replica // self.nodes_per_replica
+
+    @property
+    def multi_node(self) -> bool:
+        return self.nodes_per_replica > 1
 
     @model_validator(mode="after")
     def _rules(self) -> GPU:
@@ -586,6 +643,20 @@ MD_SPEC_RULES = (
         "characters per replica; shorten runtime.args",
         field_path=".runtime.args",
         check=lambda s: command_line_chars(s) <= MAX_COMMAND_LINE_CHARS,
+    ),
+    Rule(
+        cel="self.gpu.nodesPerReplica == 1 || self.model.backend == 'tensorrtllm'",
+        message="gpu.nodesPerReplica above 1 needs backend tensorrtllm (its ranks are launched "
+        "with MPI across the nodes of a replica)",
+        field_path=".gpu.nodesPerReplica",
+        check=lambda s: s.gpu.nodes_per_replica == 1 or s.model.backend == Backend.TENSORRTLLM,
+    ),
+    Rule(
+        cel="self.gpu.nodesPerReplica == oldSelf.gpu.nodesPerReplica",
+        message="gpu.nodesPerReplica cannot change in place (a replica that spans nodes is a "
+        "LeaderWorkerSet group, one on a single node a Deployment's pod); create a new "
+        "ModelDeployment beside this one and move traffic to it",
+        field_path=".gpu.nodesPerReplica",
     ),
     Rule(
         cel="self.model.backend == oldSelf.model.backend",

@@ -47,6 +47,32 @@ class ColdStart(ApiModel):
     )
 
 
+class Group(ApiModel):
+    """One replica of a multi-node ModelDeployment: a LeaderWorkerSet group."""
+
+    index: int = Field(ge=0, description="The group's index (LWS group-index).")
+    ready: bool = Field(description="Every pod of the group is ready.")
+    pods_ready: int = Field(default=0, ge=0, description="Pods of the group that are ready.")
+    pods: int = Field(default=0, ge=0, description="Pods of the group that exist.")
+    leader: str | None = Field(default=None, description="The leader pod's name.")
+    leader_uid: str | None = Field(
+        default=None, description="The leader pod's uid: a new one means the group restarted."
+    )
+    since: str | None = Field(default=None, description="When the leader pod was created.")
+    restarts: int = Field(
+        default=0,
+        ge=0,
+        description="Times the operator saw this group recreated (a pod failed or was deleted, "
+        "and LeaderWorkerSet restarted the whole group).",
+    )
+    last_restart: str | None = Field(default=None, description="When it was last recreated.")
+    waiting_on: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="The pod that holds the group back from ready, and why.",
+    )
+
+
 class AutoscalerHistory(ApiModel):
     """The autoscaler's window of samples, so a restart or a new leader neither
     flaps nor forgets (the encoding of turnpike.autoscale.history.History)."""
@@ -239,4 +265,11 @@ class ModelDeploymentStatus(ApiModel):
     )
     cold_start: ColdStart | None = Field(
         default=None, description="The last scale from zero and how long it took."
+    )
+    groups: list[Group] | None = Field(
+        default=None,
+        max_length=100,
+        description="Multi-node replicas (gpu.nodesPerReplica above 1): each LeaderWorkerSet "
+        "group, whether it is ready, which pod holds it back and how often it restarted "
+        "(the first 100 groups).",
     )

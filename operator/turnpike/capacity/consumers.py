@@ -12,10 +12,15 @@ from turnpike.capacity.tierstatus import resolve_tier
 
 
 def surges(deployment: dict[str, Any]) -> bool:
-    """Whether the Deployment's rollouts add pods (maxSurge above 0; the API
-    server's default is 25%). The renderer uses maxSurge 0 when the tier has no
-    GPUs for the extra pod."""
-    strategy = deployment.get("spec", {}).get("strategy") or {}
+    """Whether the workload's rollouts add replicas (maxSurge above 0; a
+    Deployment's default is 25%, a LeaderWorkerSet's 0). The renderer uses
+    maxSurge 0 when the tier has no GPUs for the extra replica (or group)."""
+    spec = deployment.get("spec", {})
+    if deployment.get("kind") == "LeaderWorkerSet":
+        strategy = spec.get("rolloutStrategy") or {}
+        config = strategy.get("rollingUpdateConfiguration") or {}
+        return str(config.get("maxSurge", 0)) not in ("0", "0%")
+    strategy = spec.get("strategy") or {}
     if strategy.get("type", "RollingUpdate") != "RollingUpdate":
         return False
     max_surge = (strategy.get("rollingUpdate") or {}).get("maxSurge", "25%")
@@ -23,14 +28,20 @@ def surges(deployment: dict[str, Any]) -> bool:
 
 
 def rolling(deployment: dict[str, Any] | None) -> bool:
-    """A rollout holds one surge replica's GPUs until it settles (if it surges)."""
+    """A rollout holds one surge replica's GPUs until it settles (if it surges).
+    A LeaderWorkerSet reports no observedGeneration: its counts alone say."""
     if deployment is None or not surges(deployment):
         return False
     spec, status = deployment.get("spec", {}), deployment.get("status", {})
     desired = int(spec.get("replicas", 0))
     generation = deployment.get("metadata", {}).get("generation")
+    unseen = (
+        not status
+        if deployment.get("kind") == "LeaderWorkerSet"
+        else status.get("observedGeneration") != generation
+    )
     return desired > 0 and (
-        status.get("observedGeneration") != generation
+        unseen
         or int(status.get("updatedReplicas", 0)) < desired
         or int(status.get("replicas", 0)) > desired
     )

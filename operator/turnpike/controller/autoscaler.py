@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 
+from turnpike.api.constants import LWS_WORKER_INDEX_LABEL as WORKER_INDEX_LABEL
 from turnpike.api.modeldeployment import SLO, ModelDeployment, SLOLatency
 from turnpike.api.modeldeployment import MetricsSource as SourceKind
 from turnpike.api.status import AutoscalerHistory, ModelDeploymentStatus
@@ -84,6 +85,12 @@ def started_after(pod: dict[str, Any], since: float) -> bool:
     return True
 
 
+def serving(pod: dict[str, Any]) -> bool:
+    """A Deployment's pod, or a LeaderWorkerSet group's leader (worker index 0)."""
+    labels = pod["metadata"].get("labels") or {}
+    return str(labels.get(WORKER_INDEX_LABEL, "0")) == "0"
+
+
 def split_pods(
     pods: list[dict[str, Any]], *, measuring_since: float | None = None
 ) -> tuple[list[PodTarget], int]:
@@ -96,8 +103,8 @@ def split_pods(
     ready: list[PodTarget] = []
     starting = 0
     for pod in pods:
-        if pod["metadata"].get("deletionTimestamp"):
-            continue
+        if pod["metadata"].get("deletionTimestamp") or not serving(pod):
+            continue  # a multi-node group is measured at its leader (rank 0) only
         ip = pod.get("status", {}).get("podIP")
         if pod_is_ready(pod) and ip:
             fresh = measuring_since is not None and started_after(pod, measuring_since)

@@ -37,11 +37,13 @@ from turnpike.kube import ApiError, KubeAPI
 from turnpike.kube.resources import (
     CAPACITY_TIER,
     DEPLOYMENT,
+    LEADER_WORKER_SET,
     MODEL_DEPLOYMENT,
     PDB,
     SERVICE,
     Resource,
 )
+from turnpike.reconcile.children import WORKLOAD_KINDS
 from turnpike.render.deployment import GPU_RESOURCE
 from turnpike.render.labels import LABEL_MANAGED_BY, LABEL_MODEL_DEPLOYMENT, MANAGER
 from turnpike.render.names import child_name, label_value
@@ -49,6 +51,9 @@ from turnpike.render.names import child_name, label_value
 Key = tuple[str, str]
 ChildKey = tuple[str, str, str]  # kind, namespace, name
 CHILD_RESOURCES = (DEPLOYMENT, SERVICE, PDB)
+# Children whose API is optional: LeaderWorkerSets exist only where the LWS
+# controller is installed (multi-node replicas need it).
+OPTIONAL_CHILD_RESOURCES = (LEADER_WORKER_SET,)
 
 
 def owner_key(body: dict[str, Any]) -> Key | None:
@@ -73,6 +78,8 @@ class Cache:
     _parsed: dict[Key, tuple[str, ModelDeployment | None]] = field(default_factory=dict)
     # The tier a ModelDeployment that names none belongs to (--default-tier).
     default_tier: str | None = None
+    # Whether the cluster serves the LeaderWorkerSet API (found by prime()).
+    leaderworkersets: bool = False
     accounts: TierAccounts = field(default_factory=TierAccounts)
     _tiers_parsed: list[CapacityTier] = field(default_factory=list)
     # Children by the ModelDeployment that controls them, for the delete path.
@@ -232,6 +239,16 @@ class Cache:
                 for body in await kube.list(resource, namespace, label_selector=selector):
                     # A LIST's items carry no kind; the watch events that follow do.
                     self.child_seen("ADDED", _typed(body, resource))
+            for resource in OPTIONAL_CHILD_RESOURCES:
+                try:
+                    bodies = await kube.list(resource, namespace, label_selector=selector)
+                except ApiError as error:
+                    if not error.not_found:
+                        raise
+                    continue  # not installed: multi-node ModelDeployments say so
+                self.leaderworkersets = True
+                for body in bodies:
+                    self.child_seen("ADDED", _typed(body, resource))
         try:
             tiers = await kube.list(CAPACITY_TIER)
         except ApiError as error:
@@ -255,7 +272,7 @@ class Cache:
         self._reaccount(key)
 
     def child_seen(self, event: str, body: dict[str, Any]) -> None:
-        """A Deployment, Service or PodDisruptionBudget Turnpike manages."""
+        """A Deployment (or LeaderWorkerSet), Service or PodDisruptionBudget Turnpike manages."""
         body = without_managed_fields(body)
         metadata = body["metadata"]
         key = (body["kind"], metadata["namespace"], metadata["name"])
@@ -273,7 +290,7 @@ class Cache:
             if owner is not None:
                 self._owner_of[key] = owner
                 self._owned.setdefault(owner, set()).add(key)
-        if body["kind"] == "Deployment":
+        if body["kind"] in WORKLOAD_KINDS:
             self.deployment_seen(event, body)
 
     def child(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
@@ -373,7 +390,15 @@ def trimmed_pod(body: dict[str, Any]) -> dict[str, Any]:
     metadata, status = body["metadata"], body.get("status") or {}
     kept_metadata = {
         k: metadata[k]
-        for k in ("name", "namespace", "labels", "deletionTimestamp", "resourceVersion")
+        for k in (
+            "name",
+            "namespace",
+            "uid",
+            "creationTimestamp",
+            "labels",
+            "deletionTimestamp",
+            "resourceVersion",
+        )
         if k in metadata
     }
     kept_status = {k: status[k] for k in ("phase", "podIP") if k in status}
@@ -381,13 +406,13 @@ def trimmed_pod(body: dict[str, Any]) -> dict[str, Any]:
         {k: c[k] for k in ("type", "status", "reason", "message", "lastTransitionTime") if k in c}
         for c in status.get("conditions") or []
     ]
-    # When each container last started: the SLO meter counts a pod's requests from
-    # its first one when it started after the operator began measuring.
-    kept_status["containerStatuses"] = [
-        {"state": {"running": {"startedAt": started}}}
-        for c in status.get("containerStatuses") or []
-        if (started := ((c.get("state") or {}).get("running") or {}).get("startedAt"))
-    ]
+    # When each container last started (the SLO meter counts a pod's requests from
+    # its first one when it started after the operator began measuring), or why it
+    # waits (status names the pod that holds a multi-node group back, and why).
+    for field_name in ("initContainerStatuses", "containerStatuses"):
+        kept = [_container_state(c) for c in status.get(field_name) or []]
+        if kept or field_name == "containerStatuses":
+            kept_status[field_name] = kept
     containers = []
     for container in (body.get("spec") or {}).get("containers") or []:
         resources = container.get("resources") or {}
@@ -399,6 +424,23 @@ def trimmed_pod(body: dict[str, Any]) -> dict[str, Any]:
         if gpus:
             containers.append({"resources": gpus})
     return {"metadata": kept_metadata, "spec": {"containers": containers}, "status": kept_status}
+
+
+def _container_state(container: dict[str, Any]) -> dict[str, Any]:
+    state = container.get("state") or {}
+    if "running" in state:
+        started = (state.get("running") or {}).get("startedAt")
+        kept: dict[str, Any] = {"running": {"startedAt": started} if started else {}}
+    elif "waiting" in state:
+        waiting = state.get("waiting") or {}
+        kept = {
+            "waiting": {k: str(waiting[k])[:256] for k in ("reason", "message") if k in waiting}
+        }
+    elif "terminated" in state:
+        kept = {"terminated": {k: (state.get("terminated") or {}).get(k) for k in ("reason",)}}
+    else:
+        kept = {}
+    return {"name": container.get("name"), "state": kept}
 
 
 def same_version(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -28,6 +28,9 @@ CHILDREN = (
     ("", "v1", "services"),
     ("policy", "v1", "poddisruptionbudgets"),
 )
+# Watched only where the API exists (Cache.leaderworkersets): kopf runs with
+# cluster scanning off, and a watch of a missing resource fails forever.
+LEADER_WORKER_SETS = ("leaderworkerset.x-k8s.io", "v1", "leaderworkersets")
 
 __all__ = ["build_registry", "owner_key"]
 
@@ -106,7 +109,8 @@ def build_registry(
         for key in list(cache.models):
             models.add(key)
 
-    for group, version, plural in CHILDREN:
+    children = (*CHILDREN, LEADER_WORKER_SETS) if cache.leaderworkersets else CHILDREN
+    for group, version, plural in children:
         # Children are recognised by their controller reference, not by a label
         # filter: kopf filters labels on its side, so a child whose label someone
         # removed would vanish from the cache's view without being repaired.

@@ -28,9 +28,10 @@ from turnpike.controller.capacity import CapacityGate, Verdict
 from turnpike.controller.events import post_event
 from turnpike.controller.metering import GpuMeter
 from turnpike.controller.metrics import Metrics
+from turnpike.controller.mpikeys import generate_mpi_keys
 from turnpike.kube import ApiError, KubeAPI
 from turnpike.kube.resources import MODEL_DEPLOYMENT, POD, SECRET, resource_for
-from turnpike.reconcile.children import desired_children, desired_replicas
+from turnpike.reconcile.children import desired_children, desired_replicas, is_workload
 from turnpike.reconcile.diff import merge_patch
 from turnpike.reconcile.plan import (
     Observed,
@@ -48,6 +49,7 @@ from turnpike.reconcile.validation import (
     referenced_secrets,
 )
 from turnpike.render import selector
+from turnpike.render.mpikeys import MpiKeys, keys_from_secret, secret_name
 from turnpike.status import Problem, parse_status
 from turnpike.status.modeldeployment import failed_status
 
@@ -58,6 +60,28 @@ Key = tuple[str, str]
 # queue with backoff; anything else that escapes a reconcile is a bug in the
 # core and becomes this Degraded condition instead of an endless retry loop.
 TRANSIENT_ERRORS = (ApiError, aiohttp.ClientError, OSError, asyncio.TimeoutError)
+NO_LEADERWORKERSET = Problem(
+    "LeaderWorkerSetMissing",
+    "gpu.nodesPerReplica above 1 runs each replica as a LeaderWorkerSet group, and the "
+    "LeaderWorkerSet API (leaderworkerset.x-k8s.io/v1) is not installed in this cluster: "
+    "install the LWS controller (sigs.k8s.io/lws), then restart the operator",
+)
+
+
+def secret_name_taken(name: str) -> Problem:
+    return Problem(
+        "SecretNameTaken",
+        f"Secret {name} holds the ssh keys of this multi-node ModelDeployment, but a Secret "
+        "of that name exists that this ModelDeployment does not own; the operator leaves "
+        "it alone: rename or delete it",
+    )
+
+
+def controlled_by(obj: dict[str, Any], uid: str) -> bool:
+    refs = obj.get("metadata", {}).get("ownerReferences") or []
+    return any(r.get("controller") and r.get("uid") == uid for r in refs)
+
+
 INTERNAL_ERROR = Problem(
     "InternalError",
     "the operator could not reconcile this ModelDeployment because of an internal error "
@@ -139,6 +163,8 @@ class ModelDeploymentReconciler:
         md = parsed
 
         problem = await self._missing_secrets(namespace, referenced_secrets(md))
+        if md.spec.gpu.multi_node and self.cache is not None and not self.cache.leaderworkersets:
+            problem = problem or NO_LEADERWORKERSET
         current = desired_replicas(md, previous.desired_replicas)
         autoscaled = md.spec.autoscaling.enabled and problem is None
         measured = autoscaled or (md.spec.slo is not None and problem is None)
@@ -149,6 +175,15 @@ class ModelDeploymentReconciler:
             else:
                 self.autoscaler.forget(key)
         children = await self._children(key, md, body["metadata"]["uid"])
+        mpi_keys: MpiKeys | None = None
+        if md.spec.gpu.multi_node:
+            live_secret = await self.kube.get(SECRET, namespace, secret_name(md))
+            if live_secret is not None and not controlled_by(live_secret, body["metadata"]["uid"]):
+                problem = problem or secret_name_taken(secret_name(md))
+            else:
+                mpi_keys = self._mpi_keys(md, live_secret)
+                if live_secret is not None:
+                    children = [*children, live_secret]
 
         async with self._capacity(body, md) as verdict:
             tick: Tick | None = None
@@ -157,8 +192,10 @@ class ModelDeploymentReconciler:
                 # history record what the tier grants, not what was wished for.
                 tick = self.autoscaler.decide(key, md, reading, current, budget=verdict.cap)
             pods = tick.pods if tick is not None else None
-            live_deployment = next((c for c in children if c["kind"] == "Deployment"), None)
-            if pods is None and needs_pods(live_deployment):
+            live_deployment = next((c for c in children if is_workload(c)), None)
+            # A multi-node deployment always reads its pods: status.groups names the
+            # pod holding each group back and counts restarts (from the cache: cheap).
+            if pods is None and (needs_pods(live_deployment) or md.spec.gpu.multi_node):
                 if self.cache is not None and self.cache.pods_synced:
                     pods = self.cache.pods_of(namespace, name)
                 else:
@@ -185,6 +222,7 @@ class ModelDeploymentReconciler:
                     usage_flush_ms=self.meter.flush_ms
                     if self.meter is not None
                     else USAGE_FLUSH_MS,
+                    mpi_keys=mpi_keys,
                 )
             )
             if self.meter is not None:
@@ -196,12 +234,12 @@ class ModelDeploymentReconciler:
                 # is released, so the next evaluation of the tier counts it, and the
                 # lock is never held across a round trip to the API server.
                 for child in result.apply:
-                    if child["kind"] == "Deployment":
+                    if is_workload(child):
                         before = next(
                             (
                                 c
                                 for c in children
-                                if c["kind"] == "Deployment"
+                                if c["kind"] == child["kind"]
                                 and c["metadata"]["name"] == child["metadata"]["name"]
                             ),
                             None,
@@ -244,7 +282,7 @@ class ModelDeploymentReconciler:
             raise
         for child, after in zip(children, applied, strict=True):
             self.metrics.children_applied.labels(child["kind"]).inc()
-            if self.cache is not None and child["kind"] == "Deployment":
+            if self.cache is not None and is_workload(child):
                 # Written through so that capacity counts the server's answer.
                 self.cache.granted(key, after)
 
@@ -269,6 +307,15 @@ class ModelDeploymentReconciler:
                 for event in result.events
             ),
         )
+
+    @staticmethod
+    def _mpi_keys(md: ModelDeployment, live: dict[str, Any] | None) -> MpiKeys:
+        """The key set of the live Secret (read by name: Secrets are not watched),
+        or a fresh one when it is missing or incomplete."""
+        keys = keys_from_secret(live)
+        if keys is None:
+            keys = generate_mpi_keys(f"{md.metadata.namespace}/{md.metadata.name}")
+        return keys
 
     async def _missing_secrets(self, namespace: str, names: list[str]) -> Problem | None:
         missing = [n for n in names if await self.kube.get(SECRET, namespace, n) is None]

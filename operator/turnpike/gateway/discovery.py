@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from turnpike.api.constants import LWS_WORKER_INDEX_LABEL as WORKER_INDEX_LABEL
 from turnpike.gateway.endpoints import Endpoint, Fleet
 from turnpike.render.labels import LABEL_MODEL_DEPLOYMENT
 from turnpike.render.names import label_value
@@ -117,6 +118,8 @@ def endpoint_from(pod: Mapping[str, Any]) -> tuple[str, str, Endpoint] | None:
         return None
     if meta.get("deletionTimestamp") or status.get("phase") != "Running" or not ip:
         return None
+    if str(labels.get(WORKER_INDEX_LABEL, "0")) != "0":
+        return None  # a multi-node group's worker: only its leader serves
     conditions = status.get("conditions") or []
     if not any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
         return None

@@ -47,6 +47,7 @@ KNOWN = (
     Resource("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
     Resource("scheduling.k8s.io/v1", "PriorityClass", "priorityclasses", namespaced=False),
     Resource("coordination.k8s.io/v1", "Lease", "leases"),
+    Resource("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet", "leaderworkersets"),
 )
 _BY_KIND = {(r.api_version, r.kind): r for r in KNOWN}
 
@@ -72,6 +73,7 @@ def resource_for(obj_or_api_version: dict[str, Any] | str, kind: str | None = No
 
 
 DEPLOYMENT = _BY_KIND[("apps/v1", "Deployment")]
+LEADER_WORKER_SET = _BY_KIND[("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet")]
 SERVICE = _BY_KIND[("v1", "Service")]
 PDB = _BY_KIND[("policy/v1", "PodDisruptionBudget")]
 POD = _BY_KIND[("v1", "Pod")]

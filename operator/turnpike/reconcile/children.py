@@ -9,7 +9,18 @@ from turnpike.api.constants import API_VERSION
 from turnpike.api.modeldeployment import ModelDeployment
 from turnpike.reconcile.diff import with_hash
 from turnpike.render import owner_reference, render_deployment, render_pdb, render_service
+from turnpike.render.leaderworkerset import render_leaderworkerset
+from turnpike.render.mpikeys import MpiKeys, render_mpi_secret
 from turnpike.status.conditions import Problem
+
+# The kinds that run a ModelDeployment's pods: a Deployment, or a LeaderWorkerSet
+# when a replica spans nodes (gpu.nodesPerReplica above 1).
+WORKLOAD_KINDS = ("Deployment", "LeaderWorkerSet")
+
+
+def is_workload(child: dict[str, Any]) -> bool:
+    return child.get("kind") in WORKLOAD_KINDS
+
 
 # etcd refuses objects above 1.5 MiB (its default --max-request-bytes) and the API
 # server requests above 3 MiB; a child stays well below both, leaving room for
@@ -25,14 +36,18 @@ def desired_children(
     node_selector: dict[str, str] | None = None,
     tolerations: list[dict[str, Any]] | None = None,
     surge: bool = True,
+    mpi_keys: MpiKeys | None = None,
 ) -> list[dict[str, Any]]:
-    """Deployment, Service and PodDisruptionBudget, in the order they are applied.
+    """The workload (a Deployment, or a LeaderWorkerSet when replicas span nodes),
+    Service and PodDisruptionBudget, in the order they are applied; for a
+    multi-node workload first the Secret of its ssh keys, when ``mpi_keys`` is given.
 
     priority_class, node_selector, tolerations and surge (whether the tier has
     GPUs for a rollout's extra replica) come from the CapacityTier.
     """
     owner = owner_reference(API_VERSION, "ModelDeployment", md.metadata.name, uid)
-    deployment = render_deployment(
+    render = render_leaderworkerset if md.spec.gpu.multi_node else render_deployment
+    workload = render(
         md,
         replicas,
         priority_class=priority_class,
@@ -40,7 +55,9 @@ def desired_children(
         extra_tolerations=tolerations or None,
         surge=surge,
     )
-    children = [deployment, render_service(md), render_pdb(md, replicas)]
+    children = [workload, render_service(md), render_pdb(md, replicas)]
+    if md.spec.gpu.multi_node and mpi_keys is not None:
+        children.insert(0, render_mpi_secret(md, mpi_keys))
     owned = []
     for child in children:
         metadata = {**child["metadata"], "ownerReferences": [owner]}

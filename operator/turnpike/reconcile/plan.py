@@ -26,9 +26,15 @@ from turnpike.api.status import (
 from turnpike.autoscale.policy import Decision
 from turnpike.capacity import Allocation
 from turnpike.capacity.meter import USAGE_FLUSH_MS, with_usage
-from turnpike.reconcile.children import desired_children, desired_replicas, too_large
+from turnpike.reconcile.children import (
+    desired_children,
+    desired_replicas,
+    is_workload,
+    too_large,
+)
 from turnpike.reconcile.diff import contains, needs_apply
 from turnpike.render import endpoint, selector
+from turnpike.render.mpikeys import MpiKeys
 from turnpike.slo import CONDITION as SLO_CONDITION
 from turnpike.slo import Report, slo_condition, slo_status
 from turnpike.status.conditions import (
@@ -37,6 +43,7 @@ from turnpike.status.conditions import (
     rollout_of,
     unschedulable_reason,
 )
+from turnpike.status.groups import group_holdup, group_statuses
 from turnpike.status.modeldeployment import condition, next_status
 
 
@@ -91,6 +98,9 @@ class Observed:
     usage: ModelDeploymentUsage | None = None
     # How long usage waits between writes of its own (see capacity.meter).
     usage_flush_ms: int = USAGE_FLUSH_MS
+    # The ssh keys of a multi-node workload: the live Secret's, or a fresh set
+    # when it is missing (the shell generates them; plan only renders them).
+    mpi_keys: MpiKeys | None = None
 
 
 @dataclass(frozen=True)
@@ -120,18 +130,22 @@ def needs_pods(observed_deployment: dict[str, Any] | None) -> bool:
 
 
 def after_apply(desired: dict[str, Any], live: dict[str, Any] | None) -> dict[str, Any]:
-    """The Deployment as the API server will hold it right after the apply: the new
-    spec, and a generation that moved with it, so its status is not yet current."""
+    """The workload as the API server will hold it right after the apply: the new
+    spec, and a generation that moved with it, so its status is not yet current.
+    (A LeaderWorkerSet reports no observedGeneration: its status is dropped.)"""
     if live is None:
         return {**desired, "metadata": {**desired["metadata"], "generation": 1}, "status": {}}
     if contains(live.get("spec", {}), desired.get("spec", {})):
         return live
     generation = int(live.get("metadata", {}).get("generation", 0)) + 1
-    return {
+    moved = {
         **live,
         "spec": desired["spec"],
         "metadata": {**live["metadata"], "generation": generation},
     }
+    if live.get("kind") == "LeaderWorkerSet":
+        moved["status"] = {}
+    return moved
 
 
 def settled(deployment: dict[str, Any] | None, replicas: int) -> bool:
@@ -250,6 +264,7 @@ def plan(observed: Observed) -> Plan:
         node_selector=placement.node_selector if placement else None,
         tolerations=placement.tolerations if placement else None,
         surge=allocation.can_surge if allocation is not None else True,
+        mpi_keys=observed.mpi_keys,
     )
     problem = problem or too_large(desired)
 
@@ -265,7 +280,7 @@ def plan(observed: Observed) -> Plan:
         if stale:
             apply.append(child)
             (created if before is None else updated).append(child["kind"])
-        if child["kind"] == "Deployment":
+        if is_workload(child):
             deployment = after_apply(child, before) if stale else before
     if apply:
         # One Event per reconcile, not one per child: a first reconcile of a
@@ -285,10 +300,19 @@ def plan(observed: Observed) -> Plan:
             names = ", ".join(f"{c['kind']} {c['metadata']['name']}" for c in delete)
             events.append(Event("Normal", "Removed", f"Removed {names}, no longer rendered"))
 
+    groups = previous.groups
+    if md.spec.gpu.multi_node and observed.pods is not None:
+        groups, restarted = group_statuses(previous.groups, observed.pods, rfc3339(now), replicas)
+        events += [Event("Warning", "GroupRestarted", message) for message in restarted]
+    elif not md.spec.gpu.multi_node:
+        groups = None
     rollout = rollout_of(deployment, replicas)
     pending = None
     if rollout is not None and rollout.ready < rollout.desired and observed.pods is not None:
         pending = unschedulable_reason(observed.pods)
+        if md.spec.gpu.multi_node:
+            holdup = group_holdup(groups or [])
+            pending = "; ".join(p for p in (holdup, pending) if p) or None
     conditions = model_conditions(
         generation,
         rollout,
@@ -318,7 +342,7 @@ def plan(observed: Observed) -> Plan:
         gpus_per_replica=md.spec.gpu.per_replica,
         conditions=conditions,
     )
-    update: dict[str, Any] = {"tier": observed.tier, "slo": slo_update}
+    update: dict[str, Any] = {"tier": observed.tier, "slo": slo_update, "groups": groups}
     update.update(autoscaling_fields(previous, observed.scaling, now))
     status = status.model_copy(update=update)
     status = with_usage(previous, status, observed.usage, observed.usage_flush_ms)

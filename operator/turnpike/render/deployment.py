@@ -104,8 +104,8 @@ def _env_from(md: ModelDeployment) -> list[dict[str, Any]]:
 def _resources(md: ModelDeployment) -> dict[str, Any]:
     """runtime.resources with the GPU count from the gpu block, which wins: GPUs are
     an extended resource, so requests must equal limits, and capacity accounting
-    reads the count from spec.gpu alone."""
-    gpus = {GPU_RESOURCE: str(md.spec.gpu.per_replica)}
+    reads the count from spec.gpu alone. A pod holds one node's share of a replica."""
+    gpus = {GPU_RESOURCE: str(md.spec.gpu.per_node)}
     wanted = md.spec.runtime.resources
     return {
         "limits": dict(sorted({**wanted.limits, **gpus}.items())),
@@ -219,6 +219,55 @@ def _triton_container(
     }
 
 
+def pod_spec(
+    md: ModelDeployment,
+    plan: RepositoryPlan,
+    priority_class: str | None = None,
+    extra_node_selector: dict[str, str] | None = None,
+    extra_tolerations: list[dict[str, Any]] | None = None,
+    spread: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The pod every serving replica (and every node of a multi-node one) runs:
+    the Triton container, the model download, placement and security. ``spread``
+    is the topology spread constraint, if any."""
+    user_env = [_env_entry(v) for v in md.spec.runtime.env]
+    volumes = [
+        *plan.volumes,
+        {
+            "name": SHM_VOLUME,
+            "emptyDir": {"medium": "Memory", "sizeLimit": md.spec.runtime.shm_size},
+        },
+    ]
+    spec: dict[str, Any] = {
+        "affinity": _node_affinity(md),
+        "automountServiceAccountToken": False,
+        "containers": [_triton_container(md, plan, user_env)],
+        "enableServiceLinks": False,
+        "securityContext": _pod_security_context(),
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_PERIOD_SECONDS,
+        "tolerations": _tolerations(extra_tolerations),
+        "volumes": sorted(volumes, key=lambda v: v["name"]),
+    }
+    if spread is not None:
+        spec["topologySpreadConstraints"] = [spread]
+    init = _download_container(md, plan, user_env)
+    if init is not None:
+        spec["initContainers"] = [init]
+    if extra_node_selector:
+        spec["nodeSelector"] = dict(sorted(extra_node_selector.items()))
+    if priority_class:
+        spec["priorityClassName"] = priority_class
+    return spec
+
+
+def scrape_annotations() -> dict[str, str]:
+    return {
+        "prometheus.io/path": "/metrics",
+        "prometheus.io/port": str(METRICS_PORT),
+        "prometheus.io/scrape": "true",
+    }
+
+
 def render_deployment(
     md: ModelDeployment,
     replicas: int,
@@ -244,45 +293,23 @@ def render_deployment(
         raise ValueError(f"replicas must not be negative, got {replicas}")
     name = child_name(md.metadata.name)
     selector = selector_labels(md)
-    plan = plan_repository(md.spec.model)
-    user_env = [_env_entry(v) for v in md.spec.runtime.env]
-
-    volumes = [
-        *plan.volumes,
-        {
-            "name": SHM_VOLUME,
-            "emptyDir": {"medium": "Memory", "sizeLimit": md.spec.runtime.shm_size},
-        },
-    ]
-    pod_spec: dict[str, Any] = {
-        "affinity": _node_affinity(md),
-        "automountServiceAccountToken": False,
-        "containers": [_triton_container(md, plan, user_env)],
-        "enableServiceLinks": False,
-        "securityContext": _pod_security_context(),
-        "terminationGracePeriodSeconds": TERMINATION_GRACE_PERIOD_SECONDS,
-        "tolerations": _tolerations(extra_tolerations),
-        "topologySpreadConstraints": [
-            {
-                "maxSkew": 1,
-                "topologyKey": "kubernetes.io/hostname",
-                "whenUnsatisfiable": "ScheduleAnyway",
-                "labelSelector": {"matchLabels": selector},
-                # Spread each revision on its own, so a rollout's new pods are not
-                # pushed onto the nodes the old ones are about to free.
-                "matchLabelKeys": ["pod-template-hash"],
-            }
-        ],
-        "volumes": sorted(volumes, key=lambda v: v["name"]),
+    spread = {
+        "maxSkew": 1,
+        "topologyKey": "kubernetes.io/hostname",
+        "whenUnsatisfiable": "ScheduleAnyway",
+        "labelSelector": {"matchLabels": selector},
+        # Spread each revision on its own, so a rollout's new pods are not
+        # pushed onto the nodes the old ones are about to free.
+        "matchLabelKeys": ["pod-template-hash"],
     }
-    init = _download_container(md, plan, user_env)
-    if init is not None:
-        pod_spec["initContainers"] = [init]
-    if extra_node_selector:
-        pod_spec["nodeSelector"] = dict(sorted(extra_node_selector.items()))
-    if priority_class:
-        pod_spec["priorityClassName"] = priority_class
-
+    pod = pod_spec(
+        md,
+        plan_repository(md.spec.model),
+        priority_class,
+        extra_node_selector,
+        extra_tolerations,
+        spread=spread,
+    )
     # Deep-copied so that no two places in the tree share a dict: a caller that
     # edits one label map or env entry must not silently edit another.
     deployment: dict[str, Any] = {
@@ -300,13 +327,9 @@ def render_deployment(
             "template": {
                 "metadata": {
                     "labels": common_labels(md),
-                    "annotations": {
-                        "prometheus.io/path": "/metrics",
-                        "prometheus.io/port": str(METRICS_PORT),
-                        "prometheus.io/scrape": "true",
-                    },
+                    "annotations": scrape_annotations(),
                 },
-                "spec": pod_spec,
+                "spec": pod,
             },
         },
     }

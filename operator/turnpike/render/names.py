@@ -94,6 +94,26 @@ def child_name(md_name: str, suffix: str = "") -> str:
     return body[:room].rstrip("-") + marker + tail
 
 
+def role_name(md_name: str, role: str) -> str:
+    """The name of a child that plays ``role`` beside another child of the same kind
+    that already carries the plain name, e.g. the leaders' Service of a multi-node
+    ModelDeployment beside the headless Service LeaderWorkerSet names after it.
+
+    Always derived (``<body>-<role>-<hash>``, the hash of ``md_name/role``), so it
+    has the reserved ending no name kept as is can have, and no other
+    ModelDeployment's child can take it (a ``/`` never occurs in a name).
+    """
+    if not (len(role) <= MAX_SUFFIX_LENGTH and _SUFFIX.fullmatch(role)):
+        raise ValueError(
+            f"role {role!r} must be a DNS label of at most {MAX_SUFFIX_LENGTH} characters"
+        )
+    body = re.sub(r"[^a-z0-9-]", "-", md_name.lower()).strip("-")
+    if not body[:1].isalpha():
+        body = (LEADING_LETTER_PREFIX + body).rstrip("-")
+    tail = f"-{role}-{short_hash(f'{md_name}/{role}')}"
+    return body[: MAX_NAME_LENGTH - len(tail)].rstrip("-") + tail
+
+
 def label_value(value: str) -> str:
     """``value`` made into a valid label value (at most 63 characters, alphanumeric
     at both ends), unchanged when it already is one (and does not end like a

@@ -5,13 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 from turnpike.api.constants import GRPC_PORT, HTTP_PORT, METRICS_PORT
+from turnpike.api.constants import LWS_WORKER_INDEX_LABEL as WORKER_INDEX_LABEL
 from turnpike.api.modeldeployment import ModelDeployment
 from turnpike.render.deployment import GRPC_PORT_NAME, HTTP_PORT_NAME, METRICS_PORT_NAME
 from turnpike.render.labels import namespace_of, object_meta, selector_labels
-from turnpike.render.names import child_name
+from turnpike.render.names import child_name, role_name
+
+# The role of a multi-node ModelDeployment's Service: LeaderWorkerSet creates a
+# headless Service named after itself (the group's DNS names), so the Service
+# clients use needs a name of its own.
+SERVING_ROLE = "serving"
 
 
 def service_name(md: ModelDeployment) -> str:
+    if md.spec.gpu.multi_node:
+        return role_name(md.metadata.name, SERVING_ROLE)
     return child_name(md.metadata.name)
 
 
@@ -30,13 +38,22 @@ def render_service(md: ModelDeployment) -> dict[str, Any]:
         "metadata": object_meta(md, service_name(md)),
         "spec": {
             "type": "ClusterIP",
-            "selector": selector_labels(md),
+            "selector": serving_selector(md),
             "ports": [
                 {"name": name, "port": port, "targetPort": name, "protocol": "TCP"}
                 for name, port in ports
             ],
         },
     }
+
+
+def serving_selector(md: ModelDeployment) -> dict[str, str]:
+    """The pods that serve: all of a Deployment's; a LeaderWorkerSet group's leader
+    (LWS labels it worker-index 0), whose rank 0 is the only Triton that listens."""
+    labels = selector_labels(md)
+    if md.spec.gpu.multi_node:
+        labels = {**labels, WORKER_INDEX_LABEL: "0"}
+    return labels
 
 
 def endpoint(md: ModelDeployment) -> str:

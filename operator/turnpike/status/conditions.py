@@ -43,8 +43,11 @@ class Rollout:
 
 
 def rollout_of(deployment: dict[str, Any] | None, desired: int) -> Rollout | None:
+    """The workload's progress: a Deployment's, or a LeaderWorkerSet's in groups."""
     if deployment is None:
         return None
+    if deployment.get("kind") == "LeaderWorkerSet":
+        return _groups_rollout(deployment, desired)
     status = deployment.get("status", {})
     failure = None
     for condition in status.get("conditions", []):
@@ -65,6 +68,27 @@ def rollout_of(deployment: dict[str, Any] | None, desired: int) -> Rollout | Non
         current_generation=generation is not None
         and status.get("observedGeneration") == generation,
         failure=failure,
+    )
+
+
+def _groups_rollout(lws: dict[str, Any], desired: int) -> Rollout:
+    """A LeaderWorkerSet counts groups: created (status.replicas, leaders), updated
+    and ready (every pod of the group ready). It reports no observedGeneration, so
+    its status is taken as current once it counts the groups its spec asks for;
+    the reconcile that changes its template marks it not current itself
+    (reconcile.plan.after_apply)."""
+    status = lws.get("status") or {}
+    spec_replicas = int((lws.get("spec") or {}).get("replicas", 0))
+    replicas = int(status.get("replicas", 0))
+    ready = int(status.get("readyReplicas", 0))
+    return Rollout(
+        desired=desired,
+        replicas=replicas,
+        updated=int(status.get("updatedReplicas", 0)),
+        ready=ready,
+        available=ready,
+        current_generation=bool(status) and replicas == spec_replicas,
+        failure=None,
     )
 
 
