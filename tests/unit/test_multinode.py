@@ -494,3 +494,38 @@ def test_the_service_of_a_multi_node_deployment_is_not_the_headless_one() -> Non
     assert service["metadata"]["name"] != NAME  # LWS's headless Service takes NAME
     assert endpoint(model) == f"http://{service['metadata']['name']}.{NAMESPACE}.svc:8000"
     assert render_service(parsed(spec(8, 1, 1)))["metadata"]["name"] == NAME
+
+
+def test_a_layout_switch_that_slipped_past_admission_keeps_serving_until_the_new_one_does() -> (
+    None
+):
+    """Admission refuses changing gpu.nodesPerReplica in place. Should an object
+    cross the boundary anyway (restored from a backup, written before the rule),
+    the operator starts the LeaderWorkerSet beside the running Deployment and
+    removes the Deployment and its Service only once every group serves."""
+    from tests.unit.builders import deployment
+
+    kube = FakeKube()
+    kube.put(md().spec(**spec()).build())
+    kube.put(deployment(1).build())
+    old_service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "namespace": NAMESPACE,
+            "name": NAME,
+            "ownerReferences": [
+                {"kind": "ModelDeployment", "name": NAME, "uid": f"uid-{NAME}", "controller": True}
+            ],
+        },
+        "spec": {"selector": {"turnpike.dev/model-deployment": NAME}},
+    }
+    kube.put(old_service)
+    reconcile(kube)
+    assert ("LeaderWorkerSet", NAMESPACE, NAME) in kube.objects
+    assert kube.deleted == []  # the Deployment serves until the groups do
+
+    lws = kube.objects[("LeaderWorkerSet", NAMESPACE, NAME)]
+    kube.put({**lws, "status": {"replicas": 1, "readyReplicas": 1, "updatedReplicas": 1}})
+    reconcile(kube)
+    assert sorted(kube.deleted) == [("Deployment", NAMESPACE, NAME), ("Service", NAMESPACE, NAME)]
