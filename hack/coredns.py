@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import ipaddress
 import json
 import os
@@ -52,11 +51,11 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hack import netrule
+from hack.gobuild import GoComponent
 from hack.ports import free_port
 
 HERE = Path(__file__).resolve().parent / "coredns"
 PACKAGE = "turnpike.dev/hack/coredns"
-CACHE = Path(os.environ.get("TURNPIKE_CACHE", Path.home() / ".cache" / "turnpike"))
 # Bump when build() changes how the binary is made (its inputs are hashed anyway).
 RECIPE = 1
 
@@ -80,49 +79,24 @@ def _log(message: str) -> None:
 # ---------------------------------------------------------------- build
 
 
-def _go(*args: str, timeout: float = 1800) -> str:
-    env = {**os.environ, "GOFLAGS": "-mod=readonly", "CGO_ENABLED": "0"}
-    result = subprocess.run(
-        ["go", *args],
-        cwd=HERE,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"go {' '.join(args)} failed:\n{result.stderr[-3000:]}")
-    return result.stdout.strip()
+COMPONENT = GoComponent(
+    name="coredns",
+    directory=HERE,
+    package=PACKAGE,
+    binary="coredns",
+    inputs=("go.mod", "go.sum", "main.go"),
+    recipe=RECIPE,
+    cold_build="about 2 minutes",
+)
 
 
 def cache_key() -> str:
-    """A digest of everything the binary is made from."""
-    digest = hashlib.sha256()
-    for name in ("go.mod", "go.sum", "main.go"):
-        digest.update(name.encode() + b"\0" + (HERE / name).read_bytes())
-    digest.update(_go("version").encode())
-    digest.update(f"recipe {RECIPE}".encode())
-    return digest.hexdigest()[:16]
+    return COMPONENT.cache_key()
 
 
 def build() -> Path:
     """The CoreDNS binary, built once per machine and set of inputs."""
-    out = CACHE / f"coredns-{cache_key()}" / "coredns"
-    if out.exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _log("building CoreDNS from hack/coredns (about 2 minutes the first time on 2 cores)")
-    started = time.monotonic()
-    partial = out.with_name(f"coredns.partial-{os.getpid()}")
-    try:
-        _go("build", "-trimpath", "-ldflags=-s -w", "-o", str(partial), PACKAGE)
-        partial.rename(out)
-    finally:
-        partial.unlink(missing_ok=True)
-    size_mb = out.stat().st_size / 1e6
-    _log(f"built in {time.monotonic() - started:.0f}s ({size_mb:.0f} MB): {out}")
-    return out
+    return COMPONENT.build()
 
 
 # ---------------------------------------------------------------- configuration

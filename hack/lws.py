@@ -26,7 +26,6 @@ Standard library, openssl and the Go toolchain only.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import shutil
@@ -45,13 +44,13 @@ import yaml
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from hack.gobuild import GoComponent
 from hack.kubectl import Kubectl, eventually
 from hack.ports import free_port
 
 HERE = Path(__file__).resolve().parent / "lws"
 PACKAGE = "sigs.k8s.io/lws/cmd"
 MODULE = "sigs.k8s.io/lws"
-CACHE = Path(os.environ.get("TURNPIKE_CACHE", Path.home() / ".cache" / "turnpike"))
 CRD_NAME = "leaderworkersets.leaderworkerset.x-k8s.io"
 WEBHOOK_NAME = "turnpike-local-lws"
 GROUP_LABEL = "leaderworkerset.sigs.k8s.io/name"
@@ -59,52 +58,32 @@ GROUP_LABEL = "leaderworkerset.sigs.k8s.io/name"
 RECIPE = 1
 
 
+COMPONENT = GoComponent(
+    name="lws",
+    directory=HERE,
+    package=PACKAGE,
+    binary="lws-controller",
+    inputs=("go.mod", "go.sum"),
+    recipe=RECIPE,
+    cold_build="about 2.5 minutes",
+)
+
+
 def _log(message: str) -> None:
-    print(f"[lws {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def _go(*args: str, timeout: float = 1800) -> str:
-    env = {**os.environ, "GOFLAGS": "-mod=readonly", "CGO_ENABLED": "0"}
-    result = subprocess.run(
-        ["go", *args],
-        cwd=HERE,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"go {' '.join(args)} failed:\n{result.stderr[-3000:]}")
-    return result.stdout.strip()
+    COMPONENT.log(message)
 
 
 def cache_key() -> str:
-    digest = hashlib.sha256()
-    for name in ("go.mod", "go.sum"):
-        digest.update((HERE / name).read_bytes())
-    digest.update(_go("version").encode())
-    digest.update(f"recipe {RECIPE}".encode())
-    return digest.hexdigest()[:16]
+    return COMPONENT.cache_key()
 
 
 def build() -> Path:
     """The controller binary, built once per machine and version."""
-    out = CACHE / f"lws-{cache_key()}" / "lws-controller"
-    if out.exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _log(f"building {PACKAGE} (hack/lws/go.mod; about 2.5 minutes the first time on 2 cores)")
-    started = time.monotonic()
-    partial = out.with_suffix(".partial")
-    _go("build", "-trimpath", "-ldflags=-s -w", "-o", str(partial), PACKAGE)
-    partial.rename(out)
-    _log(f"built in {time.monotonic() - started:.0f}s: {out}")
-    return out
+    return COMPONENT.build()
 
 
 def module_dir() -> Path:
-    return Path(_go("list", "-m", "-f", "{{.Dir}}", MODULE))
+    return Path(COMPONENT.go("list", "-m", "-f", "{{.Dir}}", MODULE))
 
 
 def crd() -> dict[str, Any]:
@@ -302,7 +281,7 @@ def start(kubectl: Kubectl, timeout: float = 90) -> Controller:
     log = (workdir / "lws-controller.log").open("wb")
     process = subprocess.Popen(
         [str(binary), f"--config={config}", "--zap-log-level=info"],
-        env={**os.environ, "KUBECONFIG": kubectl.kubeconfig, "NO_PROXY": "127.0.0.1"},
+        env={**os.environ, "KUBECONFIG": str(kubectl.kubeconfig), "NO_PROXY": "127.0.0.1"},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,

@@ -18,6 +18,7 @@ import pytest
 
 from hack import lws
 from hack.kubectl import Kubectl, eventually
+from tests.groups import gpu_pods_on_h100, group_pods
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("cluster")]
 
@@ -64,24 +65,6 @@ def group_of_two(name: str) -> dict[str, Any]:
     }
 
 
-def pods_of(kube: Kubectl, name: str) -> list[dict[str, Any]]:
-    return [
-        p
-        for p in kube.items("pods", "-l", f"{lws.GROUP_LABEL}={name}")
-        if not p["metadata"].get("deletionTimestamp")
-    ]
-
-
-def gpu_pods_on_h100(kubectl: Kubectl) -> list[str]:
-    found = []
-    for pod in kubectl.items("pods", "--all-namespaces"):
-        node = pod["spec"].get("nodeName") or ""
-        limits = [c.get("resources", {}).get("limits", {}) for c in pod["spec"]["containers"]]
-        if node.startswith("h100-") and any("nvidia.com/gpu" in x for x in limits):
-            found.append(f"{pod['metadata']['namespace']}/{pod['metadata']['name']}")
-    return found
-
-
 def env_of(pod: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e.get("value", "") for e in pod["spec"]["containers"][0].get("env", [])}
 
@@ -100,7 +83,7 @@ def test_a_two_node_group_lands_on_two_h100_nodes_and_restarts_as_a_unit(
     kube.apply(group_of_two("llama-405b"))
 
     def placed() -> list[dict[str, Any]] | None:
-        pods = pods_of(kube, "llama-405b")
+        pods = group_pods(kube, "llama-405b")
         running = [p for p in pods if p.get("status", {}).get("phase") == "Running"]
         return pods if len(running) == 2 else None
 

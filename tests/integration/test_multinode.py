@@ -17,6 +17,7 @@ import pytest
 
 from hack import lws
 from hack.kubectl import Kubectl, eventually
+from tests.groups import gpu_pods_on_h100, group_pods
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("operator")]
 
@@ -49,22 +50,16 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
     return found[0] if found else {}
 
 
-def live_pods(kube: Kubectl, name: str) -> list[dict[str, Any]]:
-    return [
-        p
-        for p in kube.items("pods", "-l", f"{lws.GROUP_LABEL}={name}")
-        if not p["metadata"].get("deletionTimestamp")
-    ]
+def md_when(
+    kube: Kubectl, name: str, type_: str, status: str, what: str, timeout: float
+) -> dict[str, Any]:
+    """The ModelDeployment once its condition ``type_`` has ``status``."""
 
+    def probe() -> dict[str, Any] | None:
+        md: dict[str, Any] = kube.get("md", name)
+        return md if condition(md, type_).get("status") == status else None
 
-def gpu_pods_on_h100(kubectl: Kubectl) -> list[str]:
-    found = []
-    for pod in kubectl.items("pods", "--all-namespaces"):
-        node = pod["spec"].get("nodeName") or ""
-        limits = [c.get("resources", {}).get("limits", {}) for c in pod["spec"]["containers"]]
-        if node.startswith("h100-") and any("nvidia.com/gpu" in x for x in limits):
-            found.append(f"{pod['metadata']['namespace']}/{pod['metadata']['name']}")
-    return found
+    return eventually(what, probe, timeout=timeout, interval=1)
 
 
 def test_a_tp8_pp2_model_runs_as_two_node_groups_and_status_follows_them(
@@ -107,15 +102,8 @@ def test_a_tp8_pp2_model_runs_as_two_node_groups_and_status_follows_them(
         "ssh_host_ed25519_key",
     }
 
-    md = eventually(
-        "the ModelDeployment Ready",
-        lambda: (lambda m: m if condition(m, "Ready").get("status") == "True" else None)(
-            kube.get("md", "llama-405b")
-        ),
-        timeout=120,
-        interval=1,
-    )
-    pods = live_pods(kube, "llama-405b")
+    md = md_when(kube, "llama-405b", "Ready", "True", "the ModelDeployment Ready", 120)
+    pods = group_pods(kube, "llama-405b")
     nodes = {p["spec"]["nodeName"] for p in pods}
     assert len(pods) == 2 and len(nodes) == 2 and all(n.startswith("h100-") for n in nodes)
     groups = md["status"]["groups"]
@@ -140,14 +128,7 @@ def test_a_tp8_pp2_model_runs_as_two_node_groups_and_status_follows_them(
     )
     assert events, "no GroupRestarted Event"
     assert "group 0 was recreated" in events[0]["message"]
-    md = eventually(
-        "Ready again after the restart",
-        lambda: (lambda m: m if condition(m, "Ready").get("status") == "True" else None)(
-            kube.get("md", "llama-405b")
-        ),
-        timeout=120,
-        interval=1,
-    )
+    md = md_when(kube, "llama-405b", "Ready", "True", "Ready again after the restart", 120)
     figure(
         f"tp8xpp2 on 2x8 H100: group 0 on {sorted(nodes)}; worker deleted -> group recreated, "
         f"status.groups[0].restarts={md['status']['groups'][0]['restarts']}, "
@@ -202,31 +183,17 @@ def test_a_tier_accounts_a_group_as_nodes_times_gpus_per_node(
         interval=1,
     )
     kube.apply(multinode_md("first", tier=name))
-    first = eventually(
-        "the first group Ready",
-        lambda: (lambda m: m if condition(m, "Ready").get("status") == "True" else None)(
-            kube.get("md", "first")
-        ),
-        timeout=120,
-        interval=1,
-    )
+    first = md_when(kube, "first", "Ready", "True", "the first group Ready", 120)
     assert first["status"]["gpus"] == 16
     assert condition(first, "CapacityAvailable")["status"] == "True"
 
     kube.apply(multinode_md("second", tier=name))
-    second = eventually(
-        "the second group held back",
-        lambda: (
-            lambda m: m if condition(m, "CapacityAvailable").get("status") == "False" else None
-        )(kube.get("md", "second")),
-        timeout=60,
-        interval=1,
-    )
+    second = md_when(kube, "second", "CapacityAvailable", "False", "the second held back", 60)
     capacity = condition(second, "CapacityAvailable")
     assert capacity["reason"] in ("BudgetExhausted", "MinReplicasDoNotFit"), capacity
     assert "needs 16 GPUs" in capacity["message"] and "0 are free" in capacity["message"]
     assert second["status"]["desiredReplicas"] == 0
     assert kube.get("leaderworkerset", "second")["spec"]["replicas"] == 0
-    assert live_pods(kube, "second") == []
+    assert group_pods(kube, "second") == []
     # The tier is deleted after its consumers (the fixture), so they go first.
     kube.run("delete", "md", "--all", "--wait=true", "--timeout=60s", timeout=70)

@@ -25,6 +25,7 @@ import pytest
 
 from hack import loadgen, lws
 from hack.kubectl import Kubectl, eventually
+from tests.groups import group_pods
 from tests.realpods import REAL_PRODUCT, local_volume, real_md, wait_real_node_idle
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("operator", "real_node")]
@@ -36,14 +37,6 @@ WORKER_INDEX = "leaderworkerset.sigs.k8s.io/worker-index"
 def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
     found = [c for c in obj.get("status", {}).get("conditions", []) if c["type"] == type_]
     return found[0] if found else {}
-
-
-def pods_of(kube: Kubectl, name: str) -> list[dict[str, Any]]:
-    return [
-        p
-        for p in kube.items("pods", "-l", f"{lws.GROUP_LABEL}={name}")
-        if not p["metadata"].get("deletionTimestamp")
-    ]
 
 
 def multinode_md(name: str, tier: str) -> dict[str, Any]:
@@ -91,7 +84,7 @@ def test_groups_launch_mpi_across_real_pods_and_scale_within_their_tier(
     kube.apply(multinode_md("mn", tier))
     kube.run("wait", "--for=condition=Ready", "--timeout=300s", "md/mn", timeout=310)
 
-    pods = pods_of(kube, "mn")
+    pods = group_pods(kube, "mn")
     leader = next(p for p in pods if p["metadata"]["labels"][WORKER_INDEX] == "0")
     worker = next(p for p in pods if p["metadata"]["labels"][WORKER_INDEX] == "1")
     leader_name, worker_name = leader["metadata"]["name"], worker["metadata"]["name"]
@@ -195,7 +188,7 @@ def test_groups_launch_mpi_across_real_pods_and_scale_within_their_tier(
         lambda: (
             m
             if (m := kube.get("md", "mn"))["status"].get("desiredReplicas") == 1
-            and len(pods_of(kube, "mn")) == 2
+            and len(group_pods(kube, "mn")) == 2
             else None
         ),
         timeout=180,
