@@ -496,9 +496,7 @@ def test_the_service_of_a_multi_node_deployment_is_not_the_headless_one() -> Non
     assert render_service(parsed(spec(8, 1, 1)))["metadata"]["name"] == NAME
 
 
-def test_a_layout_switch_that_slipped_past_admission_keeps_serving_until_the_new_one_does() -> (
-    None
-):
+def test_a_layout_switch_that_slipped_past_admission_keeps_serving_until_the_new_one_does() -> None:
     """Admission refuses changing gpu.nodesPerReplica in place. Should an object
     cross the boundary anyway (restored from a backup, written before the rule),
     the operator starts the LeaderWorkerSet beside the running Deployment and
@@ -529,3 +527,39 @@ def test_a_layout_switch_that_slipped_past_admission_keeps_serving_until_the_new
     kube.put({**lws, "status": {"replicas": 1, "readyReplicas": 1, "updatedReplicas": 1}})
     reconcile(kube)
     assert sorted(kube.deleted) == [("Deployment", NAMESPACE, NAME), ("Service", NAMESPACE, NAME)]
+
+
+def test_the_key_secret_is_read_once_per_resync_not_on_every_tick() -> None:
+    """An autoscaled multi-node deployment reconciles every scrape interval; its
+    key Secret (not watched) is read again only once per resync period."""
+    from datetime import UTC, datetime, timedelta
+
+    kube = FakeKube()
+    kube.put(md().spec(**spec()).build())
+    now = [datetime(2026, 12, 8, 4, 0, tzinfo=UTC)]
+
+    async def run() -> list[str]:
+        cache = cache_fed_by(kube)
+        reconciler = ModelDeploymentReconciler(
+            cast(Kube, kube), Metrics(), cache=cache, clock=lambda: now[0], resync_seconds=60
+        )
+        gets: list[str] = []
+        original = kube.get
+
+        async def counted(resource: Any, namespace: Any, name: str) -> Any:
+            if resource.kind == "Secret":
+                gets.append(name)
+            return await original(resource, namespace, name)
+
+        kube.get = counted  # type: ignore[method-assign]
+        for step in range(5):  # created, then four ticks 2 s apart
+            now[0] += timedelta(seconds=2 if step else 0)
+            await reconciler.reconcile((NAMESPACE, NAME))
+        now[0] += timedelta(seconds=60)
+        await reconciler.reconcile((NAMESPACE, NAME))
+        return gets
+
+    gets = asyncio.run(run())
+    # Missing at creation (read), found once it was applied (read), held for the
+    # ticks, read again after a resync period.
+    assert gets == [f"{NAME}-mpi"] * 3

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -105,6 +105,11 @@ class ModelDeploymentReconciler:
     on_tier_change: Callable[[str], None] | None = None
     clock: Callable[[], datetime] = utcnow
     meter: GpuMeter | None = None
+    # The key Secret of each multi-node ModelDeployment as last read, and when.
+    # Secrets are not watched and an autoscaled deployment reconciles every scrape
+    # interval, so it is read again once per resync period: a deleted or edited
+    # Secret is repaired within one.
+    _key_secrets: dict[Key, tuple[datetime, dict[str, Any]]] = field(default_factory=dict)
 
     async def __call__(self, key: Key) -> float | None:
         return await self.metrics.measured("ModelDeployment", lambda: self.reconcile(key))
@@ -152,6 +157,7 @@ class ModelDeploymentReconciler:
                 self.autoscaler.forget(key)
             if self.meter is not None:
                 self.meter.forget(key)
+            self._key_secrets.pop(key, None)
             return None  # children go with it through ownerReferences
         previous = parse_status(body.get("status"))
         now = self.clock()
@@ -177,7 +183,7 @@ class ModelDeploymentReconciler:
         children = await self._children(key, md, body["metadata"]["uid"])
         mpi_keys: MpiKeys | None = None
         if md.spec.gpu.multi_node:
-            live_secret = await self.kube.get(SECRET, namespace, secret_name(md))
+            live_secret = await self._key_secret(key, md)
             if live_secret is not None and not controlled_by(live_secret, body["metadata"]["uid"]):
                 problem = problem or secret_name_taken(secret_name(md))
             else:
@@ -307,6 +313,18 @@ class ModelDeploymentReconciler:
                 for event in result.events
             ),
         )
+
+    async def _key_secret(self, key: Key, md: ModelDeployment) -> dict[str, Any] | None:
+        now = self.clock()
+        held = self._key_secrets.get(key)
+        if held is not None and (now - held[0]).total_seconds() < self.resync_seconds:
+            return held[1]
+        live = await self.kube.get(SECRET, key[0], secret_name(md))
+        if live is None:
+            self._key_secrets.pop(key, None)
+        else:
+            self._key_secrets[key] = (now, live)
+        return live
 
     @staticmethod
     def _mpi_keys(md: ModelDeployment, live: dict[str, Any] | None) -> MpiKeys:
